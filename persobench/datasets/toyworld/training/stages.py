@@ -1,0 +1,26 @@
+"""The toy world's training stages by name, with their full and smoke configurations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .t2i import T2iConfig, train_t2i
+from .vae import VaeConfig, train_vae
+
+ORDER = ("vae", "t2i")
+
+
+def run_stages(stage: str, out: Path, work: Path, smoke: bool = False, max_steps: int | None = None) -> None:
+    """Run one stage, a comma list, or `all`; each resumes from `<work>/<stage>.ckpt`."""
+    names = ORDER if stage == "all" else tuple(stage.split(","))
+    unknown = [n for n in names if n not in ORDER]
+    if unknown:
+        raise ValueError(f"unknown toy-world stage(s) {unknown}; choose from {', '.join(ORDER)} or all")
+    for name in names:
+        if name == "vae":
+            cfg = VaeConfig(steps=30, n_images=256, tiny=True, checkpoint_every=10) if smoke else VaeConfig()
+            train_vae(out, work, cfg)
+        elif name == "t2i":
+            cfg = T2iConfig(steps=30, n_images=256, batch_size=8, tiny=True, checkpoint_every=10, export_every=15) if smoke else T2iConfig()
+            cfg.max_steps_this_run = max_steps
+            train_t2i(out, work, cfg)

@@ -1,0 +1,146 @@
+"""Stage `t2i`: the toy text-to-image model (UNet + text encoder) on pre-computed VAE latents.
+
+v-prediction and standardised latents (what made the prototype's colours and backgrounds right),
+caption dropout for classifier-free guidance, EMA weights exported as a diffusers folder that
+`StableDiffusionPipeline.from_pretrained` loads.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, StableDiffusionPipeline
+from transformers import CLIPTokenizer
+
+from ..captions import caption
+from ..tokenizer import build_tokenizer_files
+from .architectures import make_schedulers, make_text_encoder, make_unet
+from .common import TRAIN_SEED_BASE, Ema, LossLog, atomic_torch_save, batches, cosine_lr, progress, rendered_set, to_tensor
+
+
+@dataclasses.dataclass
+class T2iConfig:
+    steps: int = 40000  # the cosine schedule's horizon; resumable across sessions
+    batch_size: int = 32
+    lr: float = 3e-4
+    n_images: int = 40000
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    checkpoint_every: int = 200
+    export_every: int = 1000
+    seed: int = 0
+    tiny: bool = False
+    max_steps_this_run: int | None = None  # stop early (smoke runs, time-boxed sessions)
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, images, cache: Path | None) -> torch.Tensor:
+    path = cache / f"latents-{len(images)}.pt" if cache else None
+    if path and path.exists():
+        return torch.load(path, weights_only=True)
+    lat = torch.cat([vae.encode(to_tensor(images[i : i + 256])).latent_dist.mean for i in range(0, len(images), 256)])
+    lat = lat.half()
+    if path:
+        atomic_torch_save(lat, path)
+    return lat
+
+
+def train_t2i(out: Path, work: Path, cfg: T2iConfig) -> Path:
+    torch.manual_seed(cfg.seed)
+    sd = out / "sd"
+    tokenizer = CLIPTokenizer.from_pretrained(build_tokenizer_files(sd / "tokenizer"))
+    vae = AutoencoderKL.from_pretrained(sd / "vae").eval()
+    scenes, images, _ = rendered_set(cfg.n_images, TRAIN_SEED_BASE, work / "cache")
+    latents = encode_latents(vae, images, work / "cache")
+    del images
+    text_encoder = make_text_encoder(tokenizer, cfg.tiny)
+    unet = make_unet(text_encoder.config.hidden_size, cfg.tiny)
+    train_sched, _ = make_schedulers()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    ema_unet, ema_text = Ema(unet, cfg.ema_decay), Ema(text_encoder, cfg.ema_decay)
+    ckpt_path, start = work / "t2i.ckpt", 0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=True)
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        ema_unet.shadow, ema_text.shadow = state["ema_unet"], state["ema_text"]
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    log, started = LossLog(work / "t2i.loss.jsonl"), time.time()
+    stop = cfg.steps if cfg.max_steps_this_run is None else min(cfg.steps, start + cfg.max_steps_this_run)
+    unet.train()
+    text_encoder.train()
+    for step, idx in batches(len(scenes), cfg.batch_size, cfg.seed, start):
+        if step >= stop:
+            break
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
+        rng = random.Random(cfg.seed * 1_000_003 + step)
+        texts = [caption(scenes[i], rng, cfg.caption_dropout) for i in idx]
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        x0 = latents[torch.as_tensor(idx)].float()
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, train_sched.config.num_train_timesteps, (len(idx),), generator=gen)
+        noisy = train_sched.add_noise(x0, noise, t)
+        target = train_sched.get_velocity(x0, noise, t)
+        pred = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
+        loss = F.mse_loss(pred, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema_unet.update(unet)
+        ema_text.update(text_encoder)
+        if (step + 1) % 25 == 0:
+            log.write(step=step + 1, loss=loss.item(), lr=opt.param_groups[0]["lr"])
+            progress("t2i", step, cfg.steps, loss.item(), started, start)
+        done = step + 1 == stop
+        if (step + 1) % cfg.checkpoint_every == 0 or done:
+            state = {
+                "unet": unet.state_dict(),
+                "text_encoder": text_encoder.state_dict(),
+                "ema_unet": ema_unet.shadow,
+                "ema_text": ema_text.shadow,
+                "opt": opt.state_dict(),
+                "step": step + 1,
+            }
+            atomic_torch_save(state, ckpt_path)
+        if (step + 1) % cfg.export_every == 0 or done:
+            export_pipeline(sd, vae, tokenizer, unet, text_encoder, ema_unet, ema_text, step + 1)
+    return sd
+
+
+def export_pipeline(sd: Path, vae, tokenizer, unet, text_encoder, ema_unet: Ema, ema_text: Ema, step: int) -> None:
+    """Save the EMA weights (fp16 on disk) as a complete diffusers StableDiffusionPipeline folder."""
+    unet_out, text_out = copy.deepcopy(unet), copy.deepcopy(text_encoder)
+    unet_out.load_state_dict(ema_unet.shadow)
+    text_out.load_state_dict(ema_text.shadow)
+    _, sampling = make_schedulers()
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_out.half(),
+        tokenizer=tokenizer,
+        unet=unet_out.half(),
+        scheduler=sampling,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    tmp = sd.with_name(sd.name + ".exporting")
+    pipe.save_pretrained(tmp)
+    for part in ("unet", "text_encoder", "scheduler", "model_index.json"):
+        src, dst = tmp / part, sd / part
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        src.replace(dst)
+    (sd / "TRAINED_STEPS").write_text(f"{step}\n")
+    shutil.rmtree(tmp)
