@@ -74,3 +74,27 @@ def make_unet(cross_attention_dim: int, tiny: bool = False) -> UNet2DConditionMo
 
 def make_schedulers() -> tuple[DDPMScheduler, DDIMScheduler]:
     return DDPMScheduler(**SCHEDULER), DDIMScheduler(**SAMPLING_SCHEDULER)
+
+
+def save_random_pipeline(out, tiny: bool = True, seed: int = 0):
+    """A randomly initialised toy-architecture SD pipeline folder (tests, benchmarks, bootstrapping)."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from ..tokenizer import build_tokenizer_files
+
+    torch.manual_seed(seed)
+    tokenizer = CLIPTokenizer.from_pretrained(build_tokenizer_files(out / "tokenizer"))
+    text_encoder = make_text_encoder(tokenizer, tiny)
+    pipe = StableDiffusionPipeline(
+        vae=make_vae(tiny),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=make_unet(text_encoder.config.hidden_size, tiny),
+        scheduler=make_schedulers()[1],
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out)
+    return out

@@ -1,0 +1,202 @@
+"""The `persobench` command line: run, sample, list, report, doctor, toyworld.
+
+Every user-facing failure is a `UserError`: one line on stderr, exit code 2, nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+def _split_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+    """`persobench run [CONFIG] [key=value ...]`: the one item without '=' is the config file."""
+    files = [i for i in items if "=" not in i]
+    if len(files) > 1:
+        raise UserError(f"give at most one config file, got {files}; overrides look like key.sub=value")
+    return (files[0] if files else None), [i for i in items if "=" in i]
+
+
+def _point_name(overrides: list[str]) -> str:
+    from .store import slug
+
+    return "__".join(slug(o.replace("=", "-"), 40) for o in overrides) or "main"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import expand_sweep, load_config
+    from .runner import progress_bar, run
+
+    config_file, overrides = _split_overrides(args.items)
+    config_file = config_file or str(DEFAULT_CONFIG)
+    grid = expand_sweep(args.sweep) if args.sweep else [[]]
+    configs = [(point, load_config(config_file, overrides + point)) for point in grid]  # validate all points first
+    if args.dry_run:
+        for point, cfg in configs:
+            print(f"point {_point_name(point)}: methods={cfg.methods} dataset={cfg.dataset.name} "
+                  f"images_per_prompt={cfg.dataset.images_per_prompt} steps={cfg.sampler.steps}")
+        return 0
+    with progress_bar() as bar:
+        for point, cfg in configs:
+            out = run(cfg, _point_name(point), progress=bar)
+            bar.console.print(f"[green]point {_point_name(point)} done[/]: {out}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .atomic import write_png
+    from .config import load_config
+    from .runner import ImageJob, generate
+    from .seeding import image_seed
+
+    overrides = [f"methods=[{args.method}]"] + args.overrides
+    cfg = load_config(args.config, overrides)
+    from ..datasets import datasets, select_subjects
+    from ..methods import methods
+    from .models import load_components
+
+    bench = datasets.get(cfg.dataset.name)(cfg.dataset)
+    cfg.dataset.subjects = [args.subject]
+    (subject,) = select_subjects(bench, cfg.dataset)
+    components = load_components(cfg.model)
+    from .runner import fit_subject
+    from .store import RunStore
+
+    store = RunStore(Path(cfg.store) / cfg.name)
+    fitted, _ = fit_subject(store, methods.get(args.method)(cfg.method_params.get(args.method, {}), components), components,
+                            subject, cfg.seed)
+    out = Path(args.out)
+    jobs = [ImageJob(args.method, subject, p, t, i, image_seed(cfg.seed, subject.name, t, i), out / f"{p:03d}-{i}.png")
+            for p, t in enumerate(args.prompt) for i in range(args.num_images)]
+    prompts, images = generate(fitted, cfg, jobs)
+    for job, prompt, image in zip(jobs, prompts, images):
+        write_png(job.path, image)
+        print(f"{job.path}\t{prompt}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from ..datasets import datasets
+    from ..methods import methods
+    from .schedulers import schedulers
+
+    for registry in (methods, datasets, schedulers):
+        print(f"{registry.kind}s:")
+        for name, doc in registry.describe().items():
+            print(f"  {name:<20} {doc}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..reports.summary import write_summary
+
+    root = Path(args.run)
+    points = sorted(p for p in (root / "points").glob("*") if (p / "records.parquet").is_file())
+    if not points:
+        raise UserError(f"'{root}' holds no finished run points (expected points/*/records.parquet); pass a run folder")
+    for point in points:
+        print(write_summary(root, point))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import importlib.metadata as md
+
+    import torch
+
+    from .models import EMBEDDED
+
+    for pkg in ("torch", "torchvision", "diffusers", "transformers", "open_clip_torch", "timm", "accelerate", "peft"):
+        try:
+            print(f"{pkg:<16} {md.version(pkg)}")
+        except md.PackageNotFoundError:
+            print(f"{pkg:<16} MISSING (pip install {pkg})")
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    print(f"{'cuda':<16} {cuda}")
+    print(f"{'threads':<16} {torch.get_num_threads()}")
+    for name, path in EMBEDDED.items():
+        state = "found" if (path / "model_index.json").is_file() else "MISSING (persobench toyworld train)"
+        steps = (path / "TRAINED_STEPS").read_text().strip() if (path / "TRAINED_STEPS").is_file() else "?"
+        print(f"{'model ' + name:<16} {state} at {path} (trained steps: {steps})")
+    from ..datasets import TOYBENCH
+
+    print(f"{'toybench':<16} {'found' if (TOYBENCH / 'prompts_and_classes.txt').is_file() else 'MISSING'} at {TOYBENCH}")
+    return 0
+
+
+def cmd_toyworld(args: argparse.Namespace) -> int:
+    from .models import ASSETS
+
+    if args.action == "train":
+        from ..datasets.toyworld.training.stages import run_stages
+
+        run_stages(args.stage, Path(args.out or ASSETS), Path(args.work), smoke=args.smoke, max_steps=args.max_steps)
+    elif args.action == "export":
+        from ..datasets.toyworld.toybench import export_toybench
+
+        print(export_toybench(Path(args.out or ASSETS / "toybench")))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="persobench", description="Benchmark text-to-image personalization methods.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="fit -> sample -> report for a config (default: the embedded toy world)")
+    p.add_argument("items", nargs="*", help="[CONFIG.yaml] [key.sub=value ...]")
+    p.add_argument("--sweep", action="append", default=[], help="key=v1,v2,... (repeat for a grid); each point is a run")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the work list, load no model")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sample", help="one method, one subject, given prompts")
+    p.add_argument("--method", default="vanilla-sd")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--prompt", action="append", required=True, help="DreamBench template, e.g. 'a {0} {1} in the snow'")
+    p.add_argument("--num-images", type=int, default=1)
+    p.add_argument("--out", default="samples")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG))
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("list", help="registered methods, datasets, schedulers")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("report", help="rebuild reports from a run folder")
+    p.add_argument("run")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("doctor", help="what models, data and devices are found")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("toyworld", help="train / export the embedded toy world")
+    p.add_argument("action", choices=["train", "export"])
+    p.add_argument("--stage", default="all")
+    p.add_argument("--out", default=None, help="where models go (default: the package's assets)")
+    p.add_argument("--work", default="training/toyworld", help="checkpoints, loss logs, data caches")
+    p.add_argument("--smoke", action="store_true", help="one-minute configuration of the same code (tests)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop the t2i stage after this many steps this run")
+    p.set_defaults(func=cmd_toyworld)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""The run configuration: typed dataclasses, loaded from YAML with dotted command-line overrides.
+
+Every protocol choice that moves a score is a named field here, and the resolved config is written
+next to every result. Configs are data: YAML is read with `safe_load` (no code execution), unknown
+keys and wrong types are errors that name the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from ..errors import UserError
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The base text-to-image model every method starts from."""
+
+    source: str = "toyworld"  # "toyworld" (embedded), a diffusers folder, or a hub id (local cache only)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    local_files_only: bool = True  # hub ids resolve from the local cache only: never a download
+
+
+@dataclasses.dataclass
+class SamplerConfig:
+    scheduler: str = "ddim"  # a name in the scheduler registry (`persobench list`)
+    steps: int = 30
+    cfg_scale: float = 5.0
+    eta: float = 0.0
+    negative_prompt: str = ""
+    resolution: int | None = None  # pixels; None = the model's native size
+    batch_size: int = 8
+
+
+@dataclasses.dataclass
+class DatasetConfig:
+    name: str = "toybench"  # dreambench | toybench | folder
+    path: str | None = None  # dreambench / folder: where the data is; toybench: the shipped copy
+    subjects: list[str] | None = None  # None = every subject
+    max_subjects: int | None = None
+    max_prompts: int | None = None  # first N prompts of each subject's list
+    images_per_prompt: int = 4  # DreamBench protocol: 4
+    class_noun: str | None = None  # folder: the subject's class noun
+    live_classes: list[str] = dataclasses.field(default_factory=lambda: ["cat", "dog"])
+
+
+@dataclasses.dataclass
+class RunConfig:
+    name: str = "default"
+    seed: int = 0
+    store: str = "runs"  # the run store's root folder
+    methods: list[str] = dataclasses.field(default_factory=lambda: ["vanilla-sd"])
+    method_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+    dataset: DatasetConfig = dataclasses.field(default_factory=DatasetConfig)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; int -> float is the only silent widening."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except UserError:
+                continue
+        raise UserError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise UserError(f"config key '{key}' must be one of {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"config key '{key}' must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{key}' must be a mapping, got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise UserError(f"config key '{key}' must be true or false, got {value!r}")
+    if tp in (int, float) and isinstance(value, bool):
+        raise UserError(f"config key '{key}' must be {tp.__name__}, got {value!r}")
+    if not isinstance(value, tp):
+        raise UserError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise UserError(f"config section '{prefix or 'top level'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        where = f"'{prefix}.{unknown[0]}'" if prefix else f"'{unknown[0]}'"
+        raise UserError(f"unknown config key {where}; allowed keys{' in ' + prefix if prefix else ''}: {', '.join(sorted(fields))}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b.c=value' -> (['a','b','c'], value); the value is read as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise UserError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    if not key:
+        raise UserError(f"override {text!r} has no key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise UserError(f"override key '{'.'.join(path)}': '{part}' is not a section")
+        node = nxt
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults <- YAML file <- overrides, validated."""
+    data: dict[str, Any] = to_dict(RunConfig())
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file '{p}' does not exist; pass a YAML file (see configs/)")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise UserError(f"config file '{p}' is not valid YAML{where}: fix the syntax") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"config file '{p}' must hold a mapping of keys, not {type(loaded).__name__}")
+        _merge(data, loaded)
+    for text in overrides or []:
+        apply_override(data, *parse_override(text))
+    cfg = from_dict(RunConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def _merge(base: dict[str, Any], new: dict[str, Any]) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict) and k != "method_params":
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def validate(cfg: RunConfig) -> None:
+    """Range checks that types cannot express."""
+    s = cfg.sampler
+    if s.steps <= 0:
+        raise UserError(f"sampler.steps must be a positive number of denoising steps, got {s.steps}")
+    if s.batch_size <= 0:
+        raise UserError(f"sampler.batch_size must be positive, got {s.batch_size}")
+    if s.cfg_scale < 0:
+        raise UserError(f"sampler.cfg_scale must be >= 0 (1 = no guidance), got {s.cfg_scale}")
+    if not 0.0 <= s.eta <= 1.0:
+        raise UserError(f"sampler.eta must be in [0, 1], got {s.eta}")
+    if s.resolution is not None and (s.resolution <= 0 or s.resolution % 8):
+        raise UserError(f"sampler.resolution must be a positive multiple of 8, got {s.resolution}")
+    if cfg.dataset.images_per_prompt <= 0:
+        raise UserError(f"dataset.images_per_prompt must be positive, got {cfg.dataset.images_per_prompt}")
+    for key in ("max_subjects", "max_prompts"):
+        v = getattr(cfg.dataset, key)
+        if v is not None and v <= 0:
+            raise UserError(f"dataset.{key} must be positive or null, got {v}")
+    if not cfg.methods:
+        raise UserError("methods is empty; name at least one method (persobench list)")
+    if len(set(cfg.methods)) != len(cfg.methods):
+        raise UserError(f"methods lists a method twice: {cfg.methods}")
+    if "/" in cfg.name or cfg.name.startswith("."):
+        raise UserError(f"name {cfg.name!r} must be a plain folder name (no '/')")
+
+
+def stable_hash(obj: Any, n: int = 12) -> str:
+    """Hex digest of a JSON-able object with sorted keys: the key of every stored artefact."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def expand_sweep(specs: list[str]) -> list[list[str]]:
+    """['a=1,2', 'b=x,y'] -> the grid of override lists [['a=1','b=x'], ['a=1','b=y'], ...]."""
+    grid: list[list[str]] = [[]]
+    for spec in specs:
+        if "=" not in spec:
+            raise UserError(f"sweep {spec!r} must look like key=v1,v2,...")
+        key, values = spec.split("=", 1)
+        options = [v for v in values.split(",") if v != ""]
+        if not options:
+            raise UserError(f"sweep {spec!r} lists no values")
+        grid = [point + [f"{key}={v}"] for point in grid for v in options]
+    return grid

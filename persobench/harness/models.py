@@ -1,0 +1,145 @@
+"""Loading a Stable-Diffusion-family base model from the embedded toy world, a folder or a hub id.
+
+Components load one by one with their own classes' `from_pretrained` (explicit over magic), so
+methods can swap or wrap any of them. Hub ids resolve from the local Hugging Face cache only unless
+`model.local_files_only=false`: a missing model fails at once with what to pass, never a download.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.utils import logging as diffusers_logging
+from transformers import CLIPTextModel, CLIPTokenizer
+from transformers.utils import logging as transformers_logging
+
+from ..errors import UserError
+from .config import ModelConfig
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "toyworld"
+EMBEDDED = {"toyworld": ASSETS / "sd"}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+REQUIRED = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclasses.dataclass
+class SDComponents:
+    """A base model's parts, on one device and dtype; `fingerprint` keys every cached artefact."""
+
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler_config: dict
+    path: Path
+    fingerprint: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        s = self.unet.config.sample_size
+        return (self.unet.config.in_channels, s, s)
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("model.device=cuda but no CUDA device is visible; use model.device=cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("model.device=mps but MPS is not available; use model.device=cpu or auto")
+    return torch.device(name)
+
+
+def resolve_source(source: str, local_files_only: bool = True) -> Path:
+    """A folder holding a diffusers Stable Diffusion pipeline, or a clear error saying what to pass."""
+    if source in EMBEDDED:
+        path = EMBEDDED[source]
+        if not (path / "model_index.json").is_file():
+            raise UserError(
+                f"the embedded model '{source}' is not in this install ({path}); "
+                "train it with `persobench toyworld train --stage vae,t2i` or pass model.source=<diffusers folder>"
+            )
+        return path
+    path = Path(source).expanduser()
+    if path.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
+        if not path.is_dir():
+            raise UserError(f"model folder '{source}' does not exist; pass model.source=<diffusers folder> or a hub id")
+        return _check_folder(path, source)
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(source, local_files_only=local_files_only)
+    except Exception:
+        raise UserError(
+            f"model '{source}' is not in the local Hugging Face cache; download it on a connected machine "
+            f"(`hf download {source}`) or pass model.source=/path/to/diffusers/folder"
+        ) from None
+    return _check_folder(Path(local), source)
+
+
+def _check_folder(path: Path, source: str) -> Path:
+    missing = [p for p in REQUIRED if not (path / p).exists()]
+    if missing:
+        raise UserError(
+            f"model folder '{source}' is not a diffusers Stable Diffusion pipeline (missing {', '.join(missing)}); "
+            "pass a folder saved with StableDiffusionPipeline.save_pretrained"
+        )
+    return path
+
+
+def fingerprint(path: Path) -> str:
+    """Hash of configs, file sizes, and the content of weight files under 256 MB."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = f.relative_to(path).as_posix()
+        if rel.startswith(".") or "/." in rel or rel == "TRAINED_STEPS":
+            continue
+        size = f.stat().st_size
+        h.update(f"{rel}:{size}\n".encode())
+        if f.suffix == ".json" or size < 256 * 2**20:
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str, device: str, dtype_name: str) -> SDComponents:
+    p, dtype, dev = Path(path), DTYPES[dtype_name], torch.device(device)
+    diffusers_logging.disable_progress_bar()  # our own bars report the work; theirs would interleave
+    transformers_logging.disable_progress_bar()
+    try:
+        vae = AutoencoderKL.from_pretrained(p, subfolder="vae", torch_dtype=dtype)
+        unet = UNet2DConditionModel.from_pretrained(p, subfolder="unet", torch_dtype=dtype)
+        text_encoder = CLIPTextModel.from_pretrained(p, subfolder="text_encoder", torch_dtype=dtype)
+        tokenizer = CLIPTokenizer.from_pretrained(p, subfolder="tokenizer")
+        sched = json.loads((p / "scheduler" / "scheduler_config.json").read_text())
+    except (OSError, ValueError, json.JSONDecodeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"model folder '{p}' could not be loaded ({first}); re-save it or pass another model.source") from None
+    for module in (vae, unet, text_encoder):
+        module.to(dev).eval().requires_grad_(False)
+    return SDComponents(vae, unet, text_encoder, tokenizer, sched, p, fingerprint(p), dev, dtype)
+
+
+def load_components(cfg: ModelConfig) -> SDComponents:
+    """Load (once per process) the base model named by `cfg`."""
+    device = resolve_device(cfg.device)
+    if device.type == "cpu" and cfg.dtype == "fp16":
+        raise UserError("model.dtype=fp16 is not supported on the CPU; use model.dtype=fp32 or bf16")
+    path = resolve_source(cfg.source, cfg.local_files_only)
+    return _load(str(path.resolve()), str(device), cfg.dtype)

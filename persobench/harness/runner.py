@@ -1,0 +1,174 @@
+"""One run: config -> work list -> fit (method x subject) -> sample (per image) -> records -> report.
+
+Each stage reads what the previous one stored; every artefact's path carries the hash of the config
+slice that produced it (see `store.py`), so re-runs skip what exists and resume what was cut off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..datasets import Subject, datasets, select_subjects
+from ..errors import UserError
+from ..methods import Fitted, methods
+from .atomic import write_json, write_parquet, write_yaml
+from .config import RunConfig, stable_hash, to_dict
+from .models import SDComponents, load_components
+from .sampling import Hook, decode, denoise
+from .schedulers import build_scheduler
+from .seeding import image_seed, initial_noise
+from .store import RunStore, file_lock
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageJob:
+    method: str
+    subject: Subject
+    prompt_index: int
+    template: str
+    index: int
+    seed: int
+    path: Path
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=False
+    )
+
+
+def sample_signature(cfg: RunConfig, components: SDComponents, fit_key: str) -> dict[str, Any]:
+    """Everything that changes an image besides its seed (what a sample key hashes)."""
+    s = cfg.sampler
+    return {
+        "fit": fit_key,
+        "model": components.fingerprint,
+        "dtype": cfg.model.dtype,
+        "scheduler": s.scheduler,
+        "steps": s.steps,
+        "cfg_scale": s.cfg_scale,
+        "eta": s.eta,
+        "negative_prompt": s.negative_prompt,
+        "resolution": resolution(cfg, components),
+        "seed": cfg.seed,
+        "guidance": None,
+    }
+
+
+def resolution(cfg: RunConfig, components: SDComponents) -> int:
+    return cfg.sampler.resolution or components.latent_shape[1] * components.vae_scale
+
+
+def fit_subject(store: RunStore, personalizer, components: SDComponents, subject: Subject, seed: int) -> tuple[Fitted, str]:
+    key = stable_hash({"method": personalizer.name, "params": personalizer.fit_signature(), "subject": subject.content_hash,
+                       "model": components.fingerprint, "seed": seed})
+    folder = store.fit_dir(personalizer.name, subject.name, key)
+    with file_lock(folder.parent / f".{folder.name}.lock"):
+        fitted = personalizer.fit(subject, folder, seed)
+        if not (folder / "fit.json").exists():
+            write_json(folder / "fit.json", {"method": personalizer.name, "subject": subject.name, "key": key,
+                                             "params": personalizer.fit_signature(), "model": components.fingerprint})
+    return fitted, key
+
+
+def generate(fitted: Fitted, cfg: RunConfig, jobs: Sequence[ImageJob], hooks: Sequence[Hook] = ()):
+    """Sample one batch of images for one fitted subject; each image's noise comes from its own seed."""
+    c = fitted.components
+    res = resolution(cfg, c)
+    shape = (c.latent_shape[0], res // c.vae_scale, res // c.vae_scale)
+    prompts = [fitted.prompt(j.template) for j in jobs]
+    cond = fitted.encode(prompts, cfg.sampler.negative_prompt)
+    latents = initial_noise([j.seed for j in jobs], shape).to(c.device, c.dtype)
+    gens = [torch.Generator("cpu").manual_seed(j.seed ^ 0x5EED) for j in jobs]
+    scheduler = build_scheduler(cfg.sampler.scheduler, c.scheduler_config)
+    out = denoise(fitted.unet, scheduler, latents, cond, cfg.sampler.steps, cfg.sampler.cfg_scale, cfg.sampler.eta, hooks, gens)
+    if not torch.isfinite(out).all():
+        bad = [j.path.name for j, ok in zip(jobs, torch.isfinite(out).flatten(1).all(1).tolist()) if not ok]
+        raise UserError(f"sampling produced NaN/inf latents for {bad}; lower sampler.cfg_scale or use model.dtype=fp32")
+    return prompts, decode(c.vae, out)
+
+
+def image_jobs(cfg: RunConfig, bench, store: RunStore, method: str, subject: Subject, sample_key: str) -> list[ImageJob]:
+    templates = bench.prompts_for(subject)
+    if cfg.dataset.max_prompts is not None:
+        templates = templates[: cfg.dataset.max_prompts]
+    jobs = []
+    for p, template in enumerate(templates):
+        for i in range(cfg.dataset.images_per_prompt):
+            seed = image_seed(cfg.seed, subject.name, template, i)
+            path = store.image_path(method, subject.name, sample_key, p, template, i)
+            jobs.append(ImageJob(method, subject, p, template, i, seed, path))
+    return jobs
+
+
+def chunks(items: Sequence, n: int) -> Iterator[Sequence]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -> Path:
+    """Fit, sample and record one operating point; returns its folder in the store."""
+    unknown = [m for m in cfg.method_params if m not in methods]
+    if unknown:
+        raise UserError(f"method_params names unknown method(s) {unknown}; known methods: {', '.join(methods.names())}")
+    personalizer_types = [methods.get(m) for m in cfg.methods]  # fail on unknown names before loading anything
+    bench = datasets.get(cfg.dataset.name)(cfg.dataset)
+    subjects = select_subjects(bench, cfg.dataset)
+    components = load_components(cfg.model)
+    store = RunStore(Path(cfg.store) / cfg.name)
+    point_dir = store.point_dir(point)
+    write_yaml(point_dir / "config.yaml", to_dict(cfg))
+    records: list[dict[str, Any]] = []
+    bar = progress or progress_bar()
+    with bar if progress is None else contextlib.nullcontext():
+        for method_name, make in zip(cfg.methods, personalizer_types):
+            personalizer = make(cfg.method_params.get(method_name, {}), components)
+            task = bar.add_task(f"{method_name}", total=len(subjects))
+            for subject in subjects:
+                fitted, fit_key = fit_subject(store, personalizer, components, subject, cfg.seed)
+                sample_key = stable_hash(sample_signature(cfg, components, fit_key))
+                jobs = image_jobs(cfg, bench, store, method_name, subject, sample_key)
+                pending = [j for j in jobs if not store.is_done(j.path)]
+                for batch in chunks(pending, cfg.sampler.batch_size):
+                    started = time.perf_counter()
+                    prompts, images = generate(fitted, cfg, batch)
+                    per_image = (time.perf_counter() - started) / len(batch)
+                    for job, prompt, image in zip(batch, prompts, images):
+                        store.save_image(job.path, image, _record(store, job, fitted, prompt, fit_key, sample_key, per_image))
+                records += [store.read_record(j.path) for j in jobs]
+                bar.advance(task)
+    frame = pd.DataFrame.from_records(records)
+    write_parquet(point_dir / "records.parquet", frame)
+    from ..reports.summary import write_summary
+
+    write_summary(store.root, point_dir)
+    return point_dir
+
+
+def _record(store: RunStore, job: ImageJob, fitted: Fitted, prompt: str, fit_key: str, sample_key: str, seconds: float) -> dict:
+    return {
+        "method": job.method,
+        "subject": job.subject.name,
+        "class_noun": job.subject.class_noun,
+        "kind": job.subject.kind,
+        "prompt_index": job.prompt_index,
+        "prompt_template": job.template,
+        "prompt": prompt,
+        "clip_text": fitted.clip_text(job.template),
+        "index": job.index,
+        "seed": job.seed,
+        "fit_key": fit_key,
+        "sample_key": sample_key,
+        "guidance": "none",
+        "image": store.relative(job.path),
+        "seconds": round(seconds, 4),
+    }

@@ -1,0 +1,73 @@
+"""The common interface every personalization method implements.
+
+A `Personalizer` fits a subject (train, or nothing) and returns a `Fitted`: the denoiser, the text
+conditioning and the prompt wording for that subject. The harness owns the denoising loop; guidance
+sees only a `Fitted`'s UNet, conditioning and subject token positions, never the method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from ..datasets.dreambench import Subject
+from ..harness.models import SDComponents
+from ..harness.sampling import Conditioning, encode_text, token_positions
+from ..registry import Registry
+
+
+@dataclasses.dataclass
+class Fitted:
+    """A method ready to sample one subject."""
+
+    method: str
+    subject: Subject
+    components: SDComponents  # base model parts (VAE, scheduler config) the method builds on
+    unet: torch.nn.Module  # the denoiser to call (LoRA-patched, or the base UNet)
+    tokenizer: Any
+    text_encoder: torch.nn.Module
+    identifier: str  # the word that names this subject in prompts ("" for vanilla SD)
+    encode_hook: Callable[[list[str], torch.Tensor], torch.Tensor] | None = None  # e.g. BLIP-Diffusion's subject embeddings
+
+    def prompt(self, template: str) -> str:
+        """A DreamBench template ('a {0} {1} in the snow') in this method's wording."""
+        return " ".join(template.format(self.identifier, self.subject.class_noun).split())
+
+    def clip_text(self, template: str) -> str:
+        """The text CLIP-T scores against: the class-noun form, without the identifier."""
+        return " ".join(template.format("", self.subject.class_noun).split())
+
+    @property
+    def subject_words(self) -> list[str]:
+        return [w for w in (self.identifier, self.subject.class_noun) if w]
+
+    def encode(self, prompts: list[str], negative: str = "") -> Conditioning:
+        cond = encode_text(self.tokenizer, self.text_encoder, prompts)
+        if self.encode_hook is not None:
+            cond = self.encode_hook(prompts, cond)
+        uncond = encode_text(self.tokenizer, self.text_encoder, [negative] * len(prompts))
+        positions = [token_positions(self.tokenizer, p, self.subject_words) for p in prompts]
+        dtype = self.components.dtype
+        return Conditioning(cond.to(dtype), uncond.to(dtype), positions)
+
+
+class Personalizer(Protocol):
+    """Built once per run from `method_params.<name>` and the base model."""
+
+    name: str
+
+    def fit_signature(self) -> dict[str, Any]:
+        """The hyperparameters that change a fit (with subject and base model, the fit's cache key)."""
+        ...
+
+    def fit(self, subject: Subject, folder: Path, seed: int) -> Fitted:
+        """Train (or not) into `folder`, or load what a previous fit left complete there."""
+        ...
+
+
+methods: Registry[Callable[[dict[str, Any], SDComponents], Personalizer]] = Registry("method")
+register_method = methods.register

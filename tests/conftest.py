@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny random SD pipeline built from configs (no hub), and data locations."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from persobench.harness.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DREAMBENCH = Path(os.environ.get("PERSOBENCH_DREAMBENCH", ROOT.parent / "shared" / "dreambench"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from persobench.datasets.toyworld.training.architectures import save_random_pipeline
+
+    return save_random_pipeline(tmp_path_factory.mktemp("tiny-sd") / "sd", tiny=True, seed=0)
+
+
+@pytest.fixture(scope="session")
+def dreambench() -> Path:
+    if not (DREAMBENCH / "prompts_and_classes.txt").is_file():
+        pytest.skip(f"DreamBench copy not found at {DREAMBENCH} (set PERSOBENCH_DREAMBENCH)")
+    return DREAMBENCH
+
+
+@pytest.fixture
+def make_config(tmp_path, tiny_model):
+    """A small run config on the tiny model with a store in tmp_path; extra overrides as args."""
+
+    def make(*overrides: str):
+        base = [
+            f"model.source={tiny_model}",
+            f"store={tmp_path / 'runs'}",
+            "dataset.subjects=[ball1, cat1]",
+            "dataset.max_prompts=2",
+            "dataset.images_per_prompt=2",
+            "sampler.steps=4",
+            "sampler.batch_size=3",
+        ]
+        return load_config(None, base + list(overrides))
+
+    return make

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from persobench.harness.config import ModelConfig
+from persobench.harness.models import load_components
+from persobench.harness.sampling import Conditioning, decode, denoise, encode_text
+from persobench.harness.schedulers import build_scheduler
+from persobench.harness.seeding import image_seed, initial_noise
+
+
+@pytest.fixture(scope="module")
+def components(tiny_model):
+    return load_components(ModelConfig(source=str(tiny_model), device="cpu"))
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm++", "euler"])
+def test_loop_without_hooks_matches_diffusers_pipeline(tiny_model, components, scheduler):
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = build_scheduler(scheduler, components.scheduler_config)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = ["a red ball in the snow", "a cat at night"]
+    latents = initial_noise([1, 2], components.latent_shape)
+    ref = pipe(prompts, latents=latents.clone(), num_inference_steps=6, guidance_scale=4.0, height=64, width=64,
+               output_type="np").images
+    c = components
+    cond = Conditioning(encode_text(c.tokenizer, c.text_encoder, prompts), encode_text(c.tokenizer, c.text_encoder, ["", ""]))
+    out = denoise(c.unet, build_scheduler(scheduler, c.scheduler_config), latents.clone(), cond, 6, 4.0)
+    ours = np.stack([np.asarray(im) for im in decode(c.vae, out)])
+    assert np.array_equal(ours, (ref * 255).round().astype(np.uint8))
+
+
+def test_hook_sees_every_step_and_can_edit_latents(components):
+    c = components
+    prompts = ["a ball"]
+    cond = Conditioning(encode_text(c.tokenizer, c.text_encoder, prompts), encode_text(c.tokenizer, c.text_encoder, [""]))
+    seen = []
+
+    def hook(step, t, latents, ctx):
+        seen.append((step, int(t)))
+        return latents * 0.0 if step == 0 else latents
+
+    base = denoise(c.unet, build_scheduler("ddim", c.scheduler_config), initial_noise([3], c.latent_shape), cond, 5, 3.0)
+    edited = denoise(c.unet, build_scheduler("ddim", c.scheduler_config), initial_noise([3], c.latent_shape), cond, 5, 3.0,
+                     hooks=[hook])
+    assert [s for s, _ in seen] == list(range(5))
+    assert not torch.equal(base, edited)
+
+
+def test_image_seed_depends_only_on_its_key():
+    a = image_seed(0, "dog", "a {0} {1} in the snow", 0)
+    assert a == image_seed(0, "dog", "a {0} {1} in the snow", 0)
+    others = {image_seed(1, "dog", "a {0} {1} in the snow", 0), image_seed(0, "dog2", "a {0} {1} in the snow", 0),
+              image_seed(0, "dog", "a {0} {1} on the beach", 0), image_seed(0, "dog", "a {0} {1} in the snow", 1)}
+    assert a not in others and len(others) == 4
+
+
+def test_initial_noise_of_an_image_is_independent_of_its_batch():
+    alone = initial_noise([11], (4, 8, 8))
+    batched = initial_noise([5, 11, 7], (4, 8, 8))
+    assert torch.equal(alone[0], batched[1])
