@@ -1,0 +1,91 @@
+import shutil
+
+import pytest
+
+from persobench.errors import UserError
+from persobench.harness.cli import main
+from persobench.harness.models import resolve_source
+
+
+def fails_with(capsys, argv, fragment):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("error: ") and "\n" not in err
+    assert fragment in err, err
+    return err
+
+
+def test_list_names_the_registries(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "vanilla-sd" in out and "toybench" in out and "ddim" in out
+
+
+def test_dry_run_validates_every_sweep_point_without_loading_a_model(capsys, tmp_path):
+    assert main(["run", "model.source=/nonexistent", f"store={tmp_path}", "--dry-run", "--sweep", "sampler.cfg_scale=1,3"]) == 0
+    assert capsys.readouterr().out.count("point ") == 2
+    fails_with(capsys, ["run", "--dry-run", "--sweep", "sampler.steps=4,-1"], "sampler.steps must be a positive")
+
+
+def test_unknown_method_lists_known_ones(capsys, tiny_model, tmp_path):
+    fails_with(capsys, ["run", f"model.source={tiny_model}", f"store={tmp_path}", "methods=[dreambooth-lore]"],
+               "unknown method 'dreambooth-lore'; known methods: vanilla-sd")
+    assert not (tmp_path / "default").exists()
+
+
+def test_missing_model_folder(capsys, tmp_path):
+    fails_with(capsys, ["run", f"model.source={tmp_path / 'nope'}", f"store={tmp_path}"], "does not exist")
+
+
+def test_folder_that_is_not_a_pipeline(capsys, tmp_path):
+    (tmp_path / "m").mkdir()
+    fails_with(capsys, ["run", f"model.source={tmp_path / 'm'}", f"store={tmp_path}"], "missing model_index.json")
+
+
+def test_corrupt_weights(capsys, tmp_path, tiny_model):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    next((broken / "unet").glob("*.safetensors")).write_bytes(b"garbage")
+    fails_with(capsys, ["run", f"model.source={broken}", f"store={tmp_path}"], "could not be loaded")
+
+
+def test_offline_hub_id_fails_at_once_naming_what_to_pass(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    with pytest.raises(UserError, match="not in the local Hugging Face cache.*model.source="):
+        resolve_source("runwayml/stable-diffusion-v1-5")
+
+
+def test_unknown_subject_and_empty_subject_folder(capsys, tiny_model, tmp_path):
+    fails_with(capsys, ["run", f"model.source={tiny_model}", f"store={tmp_path}", "dataset.subjects=[dragon]"],
+               "unknown subject(s) ['dragon']")
+    (tmp_path / "empty").mkdir()
+    fails_with(capsys, ["run", f"model.source={tiny_model}", f"store={tmp_path}", "dataset.name=folder",
+                        f"dataset.path={tmp_path / 'empty'}", "dataset.class_noun=dog"], "has no images")
+
+
+def test_yaml_error_and_unknown_key_through_the_cli(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampler: {steps: 3\n")
+    fails_with(capsys, ["run", str(bad)], "not valid YAML")
+    fails_with(capsys, ["run", "sampler.stepz=3"], "unknown config key 'sampler.stepz'")
+    fails_with(capsys, ["run", "sampler.steps=abc"], "'sampler.steps' must be int")
+
+
+def test_fp16_on_cpu_is_refused(capsys, tiny_model, tmp_path):
+    fails_with(capsys, ["run", f"model.source={tiny_model}", f"store={tmp_path}", "model.device=cpu", "model.dtype=fp16"],
+               "fp16 is not supported on the CPU")
+
+
+def test_report_on_a_folder_without_runs(capsys, tmp_path):
+    fails_with(capsys, ["report", str(tmp_path)], "no finished run points")
+
+
+def test_sample_command_writes_pngs(capsys, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    code = main(["sample", "--subject", "ball1", "--prompt", "a {0} {1} on the beach", "--num-images", "2", "--out", str(out),
+                 f"model.source={tiny_model}", f"store={tmp_path / 'runs'}", "sampler.steps=3"])
+    assert code == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["000-0.png", "000-1.png"]
+    assert "a ball on the beach" in capsys.readouterr().out
