@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .evaluators import EvaluatorConfig, train_clip, train_dino, train_oracle
 from .t2i import T2iConfig, train_t2i
 from .vae import VaeConfig, train_vae
 
-ORDER = ("vae", "t2i")
+ORDER = ("vae", "t2i", "clip", "dino", "oracle")
+EVALUATORS = {
+    "clip": (train_clip, EvaluatorConfig(steps=3000)),
+    "dino": (train_dino, EvaluatorConfig(steps=2000)),
+    "oracle": (train_oracle, EvaluatorConfig(steps=1500)),
+}
 
 
 def run_stages(stage: str, out: Path, work: Path, smoke: bool = False, max_steps: int | None = None) -> None:
@@ -24,3 +30,7 @@ def run_stages(stage: str, out: Path, work: Path, smoke: bool = False, max_steps
             cfg = T2iConfig(steps=30, n_images=256, batch_size=8, tiny=True, checkpoint_every=10, export_every=15) if smoke else T2iConfig()
             cfg.max_steps_this_run = max_steps
             train_t2i(out, work, cfg)
+        else:
+            train, full = EVALUATORS[name]
+            smoke_cfg = EvaluatorConfig(steps=20, n_images=128, batch_size=16, tiny=True, checkpoint_every=10)
+            train(out, work, smoke_cfg if smoke else full)
