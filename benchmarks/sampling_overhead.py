@@ -45,7 +45,8 @@ def main() -> None:
     res = c.latent_shape[1] * c.vae_scale
 
     def ours():
-        cond = Conditioning(encode_text(c.tokenizer, c.text_encoder, prompts), encode_text(c.tokenizer, c.text_encoder, [""] * len(prompts)))
+        text, empty = encode_text(c.tokenizer, c.text_encoder, prompts), encode_text(c.tokenizer, c.text_encoder, [""] * len(prompts))
+        cond = Conditioning(text, empty)
         out = denoise(c.unet, build_scheduler("ddim", c.scheduler_config), initial_noise(list(range(args.batch)), c.latent_shape),
                       cond, args.steps, 5.0)
         return decode(c.vae, out)
