@@ -137,6 +137,18 @@ def cmd_toyworld(args: argparse.Namespace) -> int:
         from ..datasets.toyworld.training.stages import run_stages
 
         run_stages(args.stage, Path(args.out or ASSETS), Path(args.work), smoke=args.smoke, max_steps=args.max_steps)
+    elif args.action == "eval":
+        import json
+
+        from ..datasets.toyworld.evaluate import evaluate_all
+
+        names = ["vae", "t2i", "clip", "dino", "oracle"] if args.stage == "all" else args.stage.split(",")
+        results = evaluate_all(names)
+        print(json.dumps(results, indent=2))
+        if args.json:
+            from .atomic import write_json
+
+            write_json(Path(args.json), results)
     elif args.action == "export":
         from ..datasets.toyworld.toybench import export_toybench
 
@@ -175,12 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("toyworld", help="train / export the embedded toy world")
-    p.add_argument("action", choices=["train", "export"])
+    p.add_argument("action", choices=["train", "eval", "export"])
     p.add_argument("--stage", default="all")
     p.add_argument("--out", default=None, help="where models go (default: the package's assets)")
     p.add_argument("--work", default="training/toyworld", help="checkpoints, loss logs, data caches")
     p.add_argument("--smoke", action="store_true", help="one-minute configuration of the same code (tests)")
     p.add_argument("--max-steps", type=int, default=None, help="stop the t2i stage after this many steps this run")
+    p.add_argument("--json", default=None, help="eval: also write the figures to this JSON file")
     p.set_defaults(func=cmd_toyworld)
     return parser
 

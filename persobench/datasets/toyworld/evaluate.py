@@ -1,0 +1,181 @@
+"""`persobench toyworld eval`: the toy world's quality figures, on held-out seeds.
+
+Each figure is the one its model card states and the toy-world issue sets a bar for:
+VAE PSNR; generator class / context accuracy read by the oracle over 200 samples with the default
+sampler; cross-attention word-specificity (each word's map mass inside the subject mask); CLIP
+caption->image top-1 among 100 images; DINO AUROC (same instance vs another instance of the class);
+oracle attribute accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...harness.models import ASSETS
+from .render import render
+from .training.common import EVAL_SEED_BASE, rendered_set, to_tensor
+from .training.evaluators import ORACLE_HEADS, full_caption, oracle_labels
+from .world import CLASSES, CONTEXTS, PROMPT_CONTEXTS, sample_scene
+
+
+def load_oracle(folder: Path = ASSETS / "oracle"):
+    import timm
+
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    heads = json.loads((folder / "config.json").read_text())["heads"]
+    return model, heads
+
+
+@torch.no_grad()
+def oracle_read(model, heads: dict[str, list[str]], x: torch.Tensor) -> dict[str, list[str]]:
+    """Attribute names read off images x (NCHW in [-1, 1], 64 px)."""
+    logits = model(x).split([len(v) for v in heads.values()], dim=1)
+    return {k: [heads[k][i] for i in lg.argmax(1).tolist()] for lg, k in zip(logits, heads)}
+
+
+@torch.no_grad()
+def vae_psnr(sd: Path, n: int = 200) -> float:
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(sd / "vae").eval()
+    _, images, _ = rendered_set(n, EVAL_SEED_BASE)
+    x = to_tensor(images)
+    rec = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    mse = ((rec - x) ** 2).flatten(1).mean(1) / 4  # to [0, 1] range
+    return float((10 * torch.log10(1 / mse)).mean())
+
+
+@torch.no_grad()
+def oracle_accuracy(n: int = 500) -> dict[str, float]:
+    model, heads = load_oracle()
+    scenes, images, _ = rendered_set(n, EVAL_SEED_BASE + 10_000)
+    read = oracle_read(model, heads, to_tensor(images))
+    truth = [oracle_labels(s) for s in scenes]
+    return {k: float(np.mean([heads[k][t[k]] == r for t, r in zip(truth, read[k])])) for k in ORACLE_HEADS}
+
+
+@torch.no_grad()
+def clip_retrieval(n: int = 100) -> float:
+    import open_clip
+
+    folder = ASSETS / "clip"
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+    model.eval()
+    scenes, images, _ = rendered_set(n, EVAL_SEED_BASE + 20_000)
+    img = F.normalize(model.encode_image(to_tensor(images)), dim=-1)
+    txt = F.normalize(model.encode_text(tokenizer([full_caption(s) for s in scenes])), dim=-1)
+    return float((txt @ img.T).argmax(1).eq(torch.arange(n)).float().mean())
+
+
+@torch.no_grad()
+def dino_auroc(n: int = 200) -> float:
+    import timm
+
+    model = timm.create_model(f"local-dir:{ASSETS / 'dino'}", pretrained=True).eval()
+    pos, neg = [], []
+    for i in range(n):
+        rng = random.Random(EVAL_SEED_BASE + 30_000 + i)
+        a = sample_scene(rng, seed=EVAL_SEED_BASE + 30_000 + i)
+        b = sample_scene(rng, identity=a.identity)
+        other = a.identity
+        while other == a.identity:
+            c = sample_scene(rng)
+            other = c.identity if c.identity.cls == a.identity.cls else other
+        x = to_tensor(np.stack([render(s).image for s in (a, b, c)]))
+        f = F.normalize(model(x), dim=-1)
+        pos.append(float(f[0] @ f[1]))
+        neg.append(float(f[0] @ f[2]))
+    scores = np.array(pos + neg)
+    labels = np.array([1] * len(pos) + [0] * len(neg))
+    ranks = scores.argsort().argsort() + 1
+    return float((ranks[labels == 1].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def generator_accuracy(n: int = 200, steps: int = 30, cfg_scale: float = 5.0, batch: int = 25) -> dict[str, float]:
+    """Sample 'a {class} {context}' with the default sampler; the oracle reads class and context."""
+    from ...harness.config import ModelConfig
+    from ...harness.models import load_components
+    from ...harness.sampling import Conditioning, decode, denoise, encode_text
+    from ...harness.schedulers import build_scheduler
+    from ...harness.seeding import initial_noise
+
+    c = load_components(ModelConfig(source="toyworld", device="cpu"))
+    oracle, heads = load_oracle()
+    items = [(cls, ctx) for ctx in PROMPT_CONTEXTS for cls in CLASSES]
+    items = [items[i % len(items)] for i in range(n)]
+    hits = {"class": 0, "context": 0}
+    for start in range(0, n, batch):
+        chunk = items[start : start + batch]
+        prompts = [f"a {cls} {CONTEXTS[ctx]}" for cls, ctx in chunk]
+        cond = Conditioning(encode_text(c.tokenizer, c.text_encoder, prompts), encode_text(c.tokenizer, c.text_encoder, [""] * len(chunk)))
+        lat = denoise(c.unet, build_scheduler("ddim", c.scheduler_config), initial_noise([EVAL_SEED_BASE + start + i for i in range(len(chunk))],
+                      c.latent_shape), cond, steps, cfg_scale)
+        ims = np.stack([np.asarray(im) for im in decode(c.vae, lat)])
+        read = oracle_read(oracle, heads, to_tensor(ims))
+        hits["class"] += sum(r == cls for r, (cls, _) in zip(read["class"], chunk))
+        hits["context"] += sum(r == ctx for r, (_, ctx) in zip(read["context"], chunk))
+    return {k: v / n for k, v in hits.items()}
+
+
+@torch.no_grad()
+def attention_specificity(n: int = 64, timestep: int = 400) -> dict[str, float]:
+    """Mean fraction of each word's cross-attention mass inside the subject mask (vs the mask's area)."""
+    from ...harness.attention import capture_cross_attention
+    from ...harness.config import ModelConfig
+    from ...harness.models import load_components
+    from ...harness.sampling import encode_text, token_positions
+    from .training.architectures import make_schedulers
+
+    c = load_components(ModelConfig(source="toyworld", device="cpu"))
+    scenes, images, masks = rendered_set(n, EVAL_SEED_BASE + 40_000)
+    scenes = [s for s in scenes]
+    prompts = [full_caption(s) for s in scenes]
+    x0 = c.vae.encode(to_tensor(images)).latent_dist.mean
+    train_sched, _ = make_schedulers()
+    t = torch.full((n,), timestep)
+    noisy = train_sched.add_noise(x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)), t)
+    with capture_cross_attention(c.unet) as maps:
+        c.unet(noisy, t, encoder_hidden_states=encode_text(c.tokenizer, c.text_encoder, prompts))
+    out: dict[str, list[float]] = {"class_word": [], "context_word": [], "mask_area": []}
+    mask = torch.from_numpy(masks).float()[:, None]
+    for name, m in maps.items():
+        side = int(m.shape[1] ** 0.5)
+        mk = F.adaptive_avg_pool2d(mask, side).flatten(1)  # [n, pixels], fraction of each cell in the mask
+        for i, s in enumerate(scenes):
+            words = {"class_word": [s.identity.cls]}
+            if CONTEXTS[s.context]:
+                words["context_word"] = [CONTEXTS[s.context].split()[-1]]
+            for key, w in words.items():
+                cols = token_positions(c.tokenizer, prompts[i], w)
+                if not cols:
+                    continue
+                amap = m[i][:, cols].sum(1)
+                out[key].append(float((amap * mk[i]).sum() / amap.sum().clamp_min(1e-8)))
+            out["mask_area"].append(float(mk[i].mean()))
+    return {k: float(np.mean(v)) for k, v in out.items() if v}
+
+
+def evaluate_all(stages: list[str]) -> dict[str, object]:
+    sd = ASSETS / "sd"
+    results: dict[str, object] = {}
+    if "vae" in stages:
+        results["vae_psnr_db"] = vae_psnr(sd)
+    if "oracle" in stages:
+        results["oracle_accuracy"] = oracle_accuracy()
+    if "clip" in stages:
+        results["clip_top1_of_100"] = clip_retrieval()
+    if "dino" in stages:
+        results["dino_auroc"] = dino_auroc()
+    if "t2i" in stages:
+        results["generator_oracle_accuracy"] = generator_accuracy()
+        results["attention_mass_in_mask"] = attention_specificity()
+        steps = sd / "TRAINED_STEPS"
+        results["t2i_trained_steps"] = int(steps.read_text()) if steps.exists() else None
+    return results

@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from persobench.errors import UserError
+from persobench.harness.attention import capture_cross_attention, cross_attention_layers, layer_resolution
+from persobench.harness.config import ModelConfig
+from persobench.harness.models import load_components
+from persobench.harness.sampling import encode_text
+
+
+@pytest.fixture(scope="module")
+def components(tiny_model):
+    return load_components(ModelConfig(source=str(tiny_model), device="cpu"))
+
+
+def test_capture_keeps_outputs_records_maps_and_restores(components):
+    unet, c = components.unet, components
+    x = torch.randn(2, *c.latent_shape, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([500, 500])
+    emb = encode_text(c.tokenizer, c.text_encoder, ["a red ball", "a cat at night"])
+    before = dict(unet.attn_processors)
+    plain = unet(x, t, encoder_hidden_states=emb).sample
+    with capture_cross_attention(unet) as maps:
+        recorded = unet(x, t, encoder_hidden_states=emb).sample
+    assert torch.allclose(plain, recorded, atol=1e-5)
+    assert set(maps) == set(cross_attention_layers(unet))
+    for name, m in maps.items():
+        side = c.latent_shape[1] // layer_resolution(unet, name)
+        assert m.shape == (2, side * side, c.tokenizer.model_max_length)
+        assert torch.allclose(m.sum(-1), torch.ones(2, side * side), atol=1e-5)  # softmax over tokens
+    assert {k: type(v) for k, v in unet.attn_processors.items()} == {k: type(v) for k, v in before.items()}
+
+
+def test_unknown_layer_lists_the_real_ones(components):
+    with pytest.raises(UserError, match="unknown cross-attention layer.*this UNet has: down_blocks"):
+        with capture_cross_attention(components.unet, ["up_blocks.9.attn2.processor"]):
+            pass
