@@ -114,9 +114,9 @@ def generator_accuracy(n: int = 200, steps: int = 30, cfg_scale: float = 5.0, ba
     for start in range(0, n, batch):
         chunk = items[start : start + batch]
         prompts = [f"a {cls} {CONTEXTS[ctx]}" for cls, ctx in chunk]
-        cond = Conditioning(encode_text(c.tokenizer, c.text_encoder, prompts), encode_text(c.tokenizer, c.text_encoder, [""] * len(chunk)))
-        lat = denoise(c.unet, build_scheduler("ddim", c.scheduler_config), initial_noise([EVAL_SEED_BASE + start + i for i in range(len(chunk))],
-                      c.latent_shape), cond, steps, cfg_scale)
+        text, empty = encode_text(c.tokenizer, c.text_encoder, prompts), encode_text(c.tokenizer, c.text_encoder, [""] * len(chunk))
+        noise = initial_noise([EVAL_SEED_BASE + start + i for i in range(len(chunk))], c.latent_shape)
+        lat = denoise(c.unet, build_scheduler("ddim", c.scheduler_config), noise, Conditioning(text, empty), steps, cfg_scale)
         ims = np.stack([np.asarray(im) for im in decode(c.vae, lat)])
         read = oracle_read(oracle, heads, to_tensor(ims))
         hits["class"] += sum(r == cls for r, (cls, _) in zip(read["class"], chunk))
@@ -135,7 +135,6 @@ def attention_specificity(n: int = 64, timestep: int = 400) -> dict[str, float]:
 
     c = load_components(ModelConfig(source="toyworld", device="cpu"))
     scenes, images, masks = rendered_set(n, EVAL_SEED_BASE + 40_000)
-    scenes = [s for s in scenes]
     prompts = [full_caption(s) for s in scenes]
     x0 = c.vae.encode(to_tensor(images)).latent_dist.mean
     train_sched, _ = make_schedulers()
@@ -145,7 +144,7 @@ def attention_specificity(n: int = 64, timestep: int = 400) -> dict[str, float]:
         c.unet(noisy, t, encoder_hidden_states=encode_text(c.tokenizer, c.text_encoder, prompts))
     out: dict[str, list[float]] = {"class_word": [], "context_word": [], "mask_area": []}
     mask = torch.from_numpy(masks).float()[:, None]
-    for name, m in maps.items():
+    for m in maps.values():
         side = int(m.shape[1] ** 0.5)
         mk = F.adaptive_avg_pool2d(mask, side).flatten(1)  # [n, pixels], fraction of each cell in the mask
         for i, s in enumerate(scenes):
