@@ -68,12 +68,13 @@ def resolution(cfg: RunConfig, components: SDComponents) -> int:
     return cfg.sampler.resolution or components.latent_shape[1] * components.vae_scale
 
 
-def fit_subject(store: RunStore, personalizer, components: SDComponents, subject: Subject, seed: int) -> tuple[Fitted, str]:
+def fit_subject(store: RunStore, personalizer, components: SDComponents, subject: Subject, seed: int,
+                progress: Progress | None = None) -> tuple[Fitted, str]:
     key = stable_hash({"method": personalizer.name, "params": personalizer.fit_signature(), "subject": subject.content_hash,
                        "model": components.fingerprint, "seed": seed})
     folder = store.fit_dir(personalizer.name, subject.name, key)
     with file_lock(folder.parent / f".{folder.name}.lock"):
-        fitted = personalizer.fit(subject, folder, seed)
+        fitted = personalizer.fit(subject, folder, seed, progress)
         if not (folder / "fit.json").exists():
             write_json(folder / "fit.json", {"method": personalizer.name, "subject": subject.name, "key": key,
                                              "params": personalizer.fit_signature(), "model": components.fingerprint})
@@ -134,7 +135,7 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
             personalizer = make(cfg.method_params.get(method_name, {}), components)
             task = bar.add_task(f"{method_name}", total=len(subjects))
             for subject in subjects:
-                fitted, fit_key = fit_subject(store, personalizer, components, subject, cfg.seed)
+                fitted, fit_key = fit_subject(store, personalizer, components, subject, cfg.seed, bar)
                 sample_key = stable_hash(sample_signature(cfg, components, fit_key))
                 jobs = image_jobs(cfg, bench, store, method_name, subject, sample_key)
                 pending = [j for j in jobs if not store.is_done(j.path)]

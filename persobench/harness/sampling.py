@@ -101,9 +101,11 @@ def decode(vae: torch.nn.Module, latents: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in (arr * 255).round().astype(np.uint8)]
 
 
-@torch.no_grad()
 def encode_text(tokenizer: Any, text_encoder: torch.nn.Module, prompts: list[str]) -> torch.Tensor:
-    """Token embeddings as `StableDiffusionPipeline.encode_prompt` computes them (no clip skip)."""
+    """Token embeddings as `StableDiffusionPipeline.encode_prompt` computes them (no clip skip).
+
+    Differentiable (Textual Inversion trains through it); callers that only sample wrap it in no_grad.
+    """
     ids = tokenizer(
         prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids
@@ -118,3 +120,16 @@ def token_positions(tokenizer: Any, prompt: str, words: Sequence[str]) -> list[i
     for w in words:
         wanted.update(tokenizer(w, add_special_tokens=False).input_ids)
     return [i for i, tok in enumerate(ids) if tok in wanted]
+
+
+@torch.no_grad()
+def sample_base(components: Any, prompts: list[str], seeds: list[int], steps: int, cfg_scale: float,
+                scheduler: str = "ddim") -> torch.Tensor:
+    """Plain text-to-image latents from a base model (class images, evaluation, benchmarks)."""
+    from .schedulers import build_scheduler
+    from .seeding import initial_noise
+
+    c = components
+    cond = Conditioning(encode_text(c.tokenizer, c.text_encoder, prompts), encode_text(c.tokenizer, c.text_encoder, [""] * len(prompts)))
+    noise = initial_noise(seeds, c.latent_shape).to(c.device, c.dtype)
+    return denoise(c.unet, build_scheduler(scheduler, c.scheduler_config), noise, cond, steps, cfg_scale)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from rich.progress import Progress
 
 from ..datasets.dreambench import Subject
 from ..harness.models import SDComponents
@@ -30,12 +31,14 @@ class Fitted:
     unet: torch.nn.Module  # the denoiser to call (LoRA-patched, or the base UNet)
     tokenizer: Any
     text_encoder: torch.nn.Module
-    identifier: str  # the word that names this subject in prompts ("" for vanilla SD)
+    identifier: str  # the word(s) that name this subject in prompts ("" for vanilla SD)
+    class_word: str | None = None  # the class noun as prompts say it (None: the subject's; "" to omit)
     encode_hook: Callable[[list[str], torch.Tensor], torch.Tensor] | None = None  # e.g. BLIP-Diffusion's subject embeddings
 
     def prompt(self, template: str) -> str:
         """A DreamBench template ('a {0} {1} in the snow') in this method's wording."""
-        return " ".join(template.format(self.identifier, self.subject.class_noun).split())
+        noun = self.subject.class_noun if self.class_word is None else self.class_word
+        return " ".join(template.format(self.identifier, noun).split())
 
     def clip_text(self, template: str) -> str:
         """The text CLIP-T scores against: the class-noun form, without the identifier."""
@@ -45,6 +48,7 @@ class Fitted:
     def subject_words(self) -> list[str]:
         return [w for w in (self.identifier, self.subject.class_noun) if w]
 
+    @torch.no_grad()
     def encode(self, prompts: list[str], negative: str = "") -> Conditioning:
         cond = encode_text(self.tokenizer, self.text_encoder, prompts)
         if self.encode_hook is not None:
@@ -64,8 +68,10 @@ class Personalizer(Protocol):
         """The hyperparameters that change a fit (with subject and base model, the fit's cache key)."""
         ...
 
-    def fit(self, subject: Subject, folder: Path, seed: int) -> Fitted:
-        """Train (or not) into `folder`, or load what a previous fit left complete there."""
+    def fit(self, subject: Subject, folder: Path, seed: int, progress: Progress | None = None) -> Fitted:
+        """Train (or not) into `folder`, or load what a previous fit left complete there.
+
+        `progress` (rich) is where a training method shows its bar and loss."""
         ...
 
 

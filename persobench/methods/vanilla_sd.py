@@ -28,6 +28,6 @@ class VanillaSD:
     def fit_signature(self) -> dict[str, Any]:
         return {}
 
-    def fit(self, subject: Subject, folder: Path, seed: int) -> Fitted:
+    def fit(self, subject: Subject, folder: Path, seed: int, progress=None) -> Fitted:
         c = self.components
         return Fitted(self.name, subject, c, c.unet, c.tokenizer, c.text_encoder, identifier="")

@@ -102,9 +102,7 @@ def generator_accuracy(n: int = 200, steps: int = 30, cfg_scale: float = 5.0, ba
     """Sample 'a {class} {context}' with the default sampler; the oracle reads class and context."""
     from ...harness.config import ModelConfig
     from ...harness.models import load_components
-    from ...harness.sampling import Conditioning, decode, denoise, encode_text
-    from ...harness.schedulers import build_scheduler
-    from ...harness.seeding import initial_noise
+    from ...harness.sampling import decode, sample_base
 
     c = load_components(ModelConfig(source="toyworld", device="cpu"))
     oracle, heads = load_oracle()
@@ -114,9 +112,7 @@ def generator_accuracy(n: int = 200, steps: int = 30, cfg_scale: float = 5.0, ba
     for start in range(0, n, batch):
         chunk = items[start : start + batch]
         prompts = [f"a {cls} {CONTEXTS[ctx]}" for cls, ctx in chunk]
-        text, empty = encode_text(c.tokenizer, c.text_encoder, prompts), encode_text(c.tokenizer, c.text_encoder, [""] * len(chunk))
-        noise = initial_noise([EVAL_SEED_BASE + start + i for i in range(len(chunk))], c.latent_shape)
-        lat = denoise(c.unet, build_scheduler("ddim", c.scheduler_config), noise, Conditioning(text, empty), steps, cfg_scale)
+        lat = sample_base(c, prompts, [EVAL_SEED_BASE + start + i for i in range(len(chunk))], steps, cfg_scale)
         ims = np.stack([np.asarray(im) for im in decode(c.vae, lat)])
         read = oracle_read(oracle, heads, to_tensor(ims))
         hits["class"] += sum(r == cls for r, (cls, _) in zip(read["class"], chunk))

@@ -1,0 +1,128 @@
+"""Textual Inversion (Gal et al., ICLR 2023), following diffusers' textual-inversion example.
+
+A placeholder token per subject, initialised from the class noun's embedding; only its rows of the
+token-embedding matrix train (all others are restored after every step). Saved as
+`learned_embeds.safetensors` ({token: [num_vectors, dim]}), which
+`StableDiffusionPipeline.load_textual_inversion(path, token=...)` loads unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from rich.progress import Progress
+from safetensors.torch import load_file, save_file
+
+from ..datasets.dreambench import Subject
+from ..errors import UserError
+from ..harness.models import SDComponents
+from ..harness.sampling import encode_text
+from .base import Fitted, register_method
+from .training import DiffusionLoss, FitBar, as_dict, batch_indices, reference_latents, resolve_params
+
+TEMPLATES = ["a photo of a {}", "a rendering of a {}", "a picture of a {}", "a close-up photo of a {}", "a good photo of a {}"]
+
+
+@dataclasses.dataclass
+class TIParams:
+    steps: int
+    lr: float
+    batch_size: int
+    num_vectors: int = 1
+    placeholder: str = "<{subject}>"  # '{subject}' is replaced by the subject's name
+    num_references: int | None = None  # None = all of the subject's images
+    templates: list[str] = dataclasses.field(default_factory=lambda: list(TEMPLATES))
+    prompt_form: Literal["token", "token+class"] = "token+class"  # "a <dog> in the snow" vs "a <dog> dog in the snow"
+
+
+PRESETS = {
+    # diffusers textual_inversion example: 3000 steps, lr 5e-4 x batch 1 x grad-accum 4 (scale_lr)
+    "paper": {"steps": 3000, "lr": 2.0e-3, "batch_size": 4},
+    # tuned on the embedded toy world (see README)
+    "toy": {"steps": 300, "lr": 2.0e-2, "batch_size": 8},
+}
+
+
+@register_method("textual-inversion")
+class TextualInversion:
+    """Textual Inversion: a learned token embedding per subject."""
+
+    name = "textual-inversion"
+
+    def __init__(self, params: dict[str, Any], components: SDComponents) -> None:
+        self.params = resolve_params(TIParams, PRESETS, params, self.name)
+        p = self.params
+        if p.steps <= 0 or p.lr <= 0 or p.batch_size <= 0 or p.num_vectors <= 0:
+            raise UserError("method_params.textual-inversion: steps, lr, batch_size and num_vectors must be positive")
+        if any("{}" not in t for t in p.templates):
+            raise UserError("method_params.textual-inversion.templates must each contain '{}' for the token")
+        self.components = components
+
+    def fit_signature(self) -> dict[str, Any]:
+        return as_dict(self.params)
+
+    def tokens(self, subject: Subject) -> list[str]:
+        token = self.params.placeholder.replace("{subject}", subject.name)
+        return [token] + [f"{token}_{i}" for i in range(1, self.params.num_vectors)]  # diffusers' multi-vector naming
+
+    def fit(self, subject: Subject, folder: Path, seed: int, progress: Progress | None = None) -> Fitted:
+        c = self.components
+        tokens = self.tokens(subject)
+        tokenizer = copy.deepcopy(c.tokenizer)
+        vocab = tokenizer.get_vocab()
+        clash = [t for t in tokens if t in vocab or f"{t}</w>" in vocab]  # CLIP BPE marks word ends with </w>
+        if clash:
+            raise UserError(f"placeholder token(s) {clash} are already in the vocabulary; set method_params.textual-inversion.placeholder")
+        text_encoder = copy.deepcopy(c.text_encoder).float()
+        tokenizer.add_tokens(tokens)
+        text_encoder.resize_token_embeddings(len(tokenizer))
+        ids = tokenizer.convert_tokens_to_ids(tokens)
+        weights = text_encoder.get_input_embeddings().weight
+        saved = folder / "learned_embeds.safetensors"
+        if saved.is_file():
+            with torch.no_grad():
+                weights[ids] = load_file(saved)[tokens[0]].to(weights)
+        else:
+            self._train(subject, tokenizer, text_encoder, ids, seed, progress)
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file({tokens[0]: weights[ids].detach().cpu().contiguous()}, saved)
+        text_encoder.to(c.dtype).eval().requires_grad_(False)
+        class_word = None if self.params.prompt_form == "token+class" else ""
+        return Fitted(self.name, subject, c, c.unet, tokenizer, text_encoder, identifier=" ".join(tokens), class_word=class_word)
+
+    def _train(self, subject: Subject, tokenizer, text_encoder, ids: list[int], seed: int, progress: Progress | None) -> None:
+        c, p = self.components, self.params
+        latents = reference_latents(c, subject, p.num_references)
+        embedding = text_encoder.get_input_embeddings()
+        with torch.no_grad():
+            init = tokenizer(subject.class_noun, add_special_tokens=False).input_ids
+            embedding.weight[ids] = embedding.weight[init].mean(0, keepdim=True).expand(len(ids), -1)
+        original = embedding.weight.detach().clone()
+        keep = torch.ones(len(original), dtype=torch.bool)
+        keep[ids] = False
+        text_encoder.requires_grad_(False)
+        embedding.weight.requires_grad_(True)
+        text_encoder.train()
+        opt = torch.optim.AdamW([embedding.weight], lr=p.lr, weight_decay=0.0)
+        loss_fn = DiffusionLoss(c)
+        gen = torch.Generator().manual_seed(seed)
+        phrase = " ".join(tokenizer.convert_ids_to_tokens(ids))
+        bar = FitBar(progress, f"fit {self.name} {subject.name}", p.steps)
+        for _ in range(p.steps):
+            idx = batch_indices(len(latents), p.batch_size, gen)
+            pick = torch.randint(0, len(p.templates), (p.batch_size,), generator=gen).tolist()
+            prompts = [p.templates[k].format(phrase) for k in pick]
+            with torch.enable_grad():
+                embeds = encode_text(tokenizer, text_encoder, prompts)
+                loss = loss_fn(c.unet, latents[idx], embeds, gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                embedding.weight[keep] = original[keep]
+            bar.step(loss)
+        bar.close()

@@ -1,0 +1,105 @@
+"""What the fine-tuning methods share: hyperparameter presets, reference latents, the diffusion loss.
+
+Presets are data: "paper" holds values from the original papers / diffusers training examples for
+real SD 1.5, "toy" the values tuned on the embedded toy world. Explicit `method_params` override the
+preset's fields; an unknown field is an error naming the allowed ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..datasets.dreambench import Subject
+from ..errors import UserError
+from ..harness.config import from_dict
+from ..harness.models import SDComponents
+from ..harness.schedulers import build_scheduler
+
+T = typing.TypeVar("T")
+
+
+def resolve_params(cls: type[T], presets: dict[str, dict[str, Any]], params: dict[str, Any], method: str) -> T:
+    """Preset (params['preset'], default 'toy') <- explicit params, validated like the run config."""
+    params = dict(params)
+    preset = params.pop("preset", "toy")
+    if preset not in presets:
+        raise UserError(f"method_params.{method}.preset must be one of {sorted(presets)}, got {preset!r}")
+    data = {**presets[preset], **params}
+    return from_dict(cls, data, f"method_params.{method}")
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def _to_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    """Centre crop to square, resize (bicubic), to [-1, 1] CHW: the diffusers training examples' transform."""
+    w, h = image.size
+    s = min(w, h)
+    image = image.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)
+    return x / 127.5 - 1.0
+
+
+@torch.no_grad()
+def reference_latents(components: SDComponents, subject: Subject, num_references: int | None) -> torch.Tensor:
+    """VAE latents (scaled) of the subject's references and their mirror images: [2N, C, h, w]."""
+    images = subject.images()
+    if num_references is not None:
+        if num_references <= 0:
+            raise UserError(f"num_references must be positive or null (all), got {num_references}")
+        images = images[:num_references]
+    size = components.latent_shape[1] * components.vae_scale
+    x = torch.stack([_to_tensor(im, size) for im in images])
+    x = torch.cat([x, x.flip(-1)]).to(components.device, components.dtype)
+    vae = components.vae
+    return (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).float()
+
+
+class DiffusionLoss:
+    """Noise-prediction loss in the model's own parameterisation (epsilon or v)."""
+
+    def __init__(self, components: SDComponents) -> None:
+        self.scheduler = build_scheduler("ddpm", components.scheduler_config)
+        self.prediction = self.scheduler.config.prediction_type
+        if self.prediction not in ("epsilon", "v_prediction"):
+            raise UserError(f"base model's prediction_type {self.prediction!r} is not supported for fitting (epsilon, v_prediction)")
+
+    def __call__(self, unet: torch.nn.Module, latents: torch.Tensor, embeds: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        noise = torch.randn(latents.shape, generator=gen).to(latents.device)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(latents),), generator=gen).to(latents.device)
+        noisy = self.scheduler.add_noise(latents, noise, t)
+        target = noise if self.prediction == "epsilon" else self.scheduler.get_velocity(latents, noise, t)
+        pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=embeds.to(unet.dtype)).sample
+        return F.mse_loss(pred.float(), target.float())
+
+
+def batch_indices(n: int, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, n, (batch_size,), generator=gen)
+
+
+class FitBar:
+    """A fitting progress bar showing the running loss; silent without a rich Progress."""
+
+    def __init__(self, progress, description: str, total: int) -> None:
+        self.progress, self.description = progress, description
+        self.task = progress.add_task(description, total=total) if progress is not None else None
+        self.ema: float | None = None
+
+    def step(self, loss: torch.Tensor) -> None:
+        if self.task is None:
+            return
+        value = float(loss.detach())  # a host sync per fitting step is fine; sampling never does this
+        self.ema = value if self.ema is None else 0.9 * self.ema + 0.1 * value
+        self.progress.update(self.task, advance=1, description=f"{self.description} loss {self.ema:.4f}")
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
