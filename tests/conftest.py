@@ -40,7 +40,18 @@ def make_config(tmp_path, tiny_model):
             "dataset.images_per_prompt=2",
             "sampler.steps=4",
             "sampler.batch_size=3",
+            "metrics.names=[]",
         ]
         return load_config(None, base + list(overrides))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_evaluators(tmp_path_factory) -> Path:
+    """Toy CLIP / DINO / oracle from the smoke configuration of their real training code."""
+    from persobench.datasets.toyworld.training.stages import run_stages
+
+    root = tmp_path_factory.mktemp("tiny-evaluators")
+    run_stages("clip,dino,oracle", root / "out", root / "work", smoke=True)
+    return root / "out"

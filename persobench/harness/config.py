@@ -54,6 +54,22 @@ class DatasetConfig:
 
 
 @dataclasses.dataclass
+class MetricsConfig:
+    """DreamBench scoring; every field here moves a score and is written next to it."""
+
+    names: list[str] = dataclasses.field(default_factory=lambda: ["dino", "clip-i", "clip-t", "oracle"])
+    dino_backbone: str = "toy-dino"  # real: dino-vits16 (timm vit_small_patch16_224.dino)
+    clip_backbone: str = "toy-clip"  # real: clip-vit-b32 (open_clip ViT-B-32 / openai)
+    oracle_path: str | None = None  # the toy world's oracle folder (None: the embedded one)
+    clip_t_scale: Literal["raw", "x100", "w2.5"] = "raw"
+    clip_t_text: Literal["class", "prompt"] = "class"  # class: the prompt with the class noun in place of the identifier
+    reference_set: Literal["all", "first"] = "all"  # DreamBench: all of the subject's real images
+    batch_size: int = 64
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    bootstrap: int = 1000  # resamples for the 95% intervals in the tables
+
+
+@dataclasses.dataclass
 class RunConfig:
     name: str = "default"
     seed: int = 0
@@ -63,6 +79,7 @@ class RunConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
     dataset: DatasetConfig = dataclasses.field(default_factory=DatasetConfig)
+    metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -213,6 +230,8 @@ def validate(cfg: RunConfig) -> None:
         v = getattr(cfg.dataset, key)
         if v is not None and v <= 0:
             raise UserError(f"dataset.{key} must be positive or null, got {v}")
+    if cfg.metrics.batch_size <= 0 or cfg.metrics.bootstrap < 0:
+        raise UserError("metrics.batch_size must be positive and metrics.bootstrap >= 0")
     if not cfg.methods:
         raise UserError("methods is empty; name at least one method (persobench list)")
     if len(set(cfg.methods)) != len(cfg.methods):

@@ -149,10 +149,23 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
                 bar.advance(task)
     frame = pd.DataFrame.from_records(records)
     write_parquet(point_dir / "records.parquet", frame)
+    if cfg.metrics.names:
+        score(cfg, frame, store, point_dir, bench, subjects)
     from ..reports.summary import write_summary
 
     write_summary(store.root, point_dir)
     return point_dir
+
+
+def score(cfg: RunConfig, frame: pd.DataFrame, store: RunStore, point_dir: Path, bench, subjects: list[Subject]) -> pd.DataFrame:
+    """Per-image metric values -> scores.parquet, then the aggregate tables."""
+    from ..reports.metrics.scores import score_frame
+    from ..reports.tables import write_tables
+
+    scores = score_frame(frame, store.root, {s.name: s for s in subjects}, cfg.metrics, bench.root / "ground_truth.json")
+    write_parquet(point_dir / "scores.parquet", scores)
+    write_tables(point_dir, scores, cfg.metrics.bootstrap)
+    return scores
 
 
 def _record(store: RunStore, job: ImageJob, fitted: Fitted, prompt: str, fit_key: str, sample_key: str, seconds: float) -> dict:

@@ -39,6 +39,8 @@ def write_summary(store_root: Path, point_dir: Path) -> Path:
         .reset_index()
     )
     lines = [f"# Run summary: {point_dir.name}", "", markdown_table(table), ""]
+    if (point_dir / "table.md").is_file():
+        lines += ["## Scores (mean ± 95% bootstrap half-width)", "", (point_dir / "table.md").read_text(), ""]
     for method, group in frame.groupby("method", sort=False):
         sheet = point_dir / f"samples-{method}.png"
         write_png(sheet, contact_sheet(store_root, group))

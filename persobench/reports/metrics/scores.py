@@ -1,0 +1,139 @@
+"""Per-image scores: DreamBench's DINO / CLIP-I / CLIP-T, and the toy world's oracle accuracies.
+
+DreamBench protocol: DINO and CLIP-I are the mean cosine similarity between a generated image and
+every real image of its subject (`metrics.reference_set=all`); CLIP-T is the cosine between the image
+and the prompt text with the class noun in place of the identifier (`metrics.clip_t_text=class`),
+reported raw by default (`metrics.clip_t_scale`: raw | x100 | w2.5 = 2.5 * max(cos, 0)).
+Reference embeddings are cached per (backbone, subject, reference set) in the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from ...datasets import Subject
+from ...errors import UserError
+from ...harness.atomic import atomic_path
+from ...harness.config import MetricsConfig, stable_hash
+from ...harness.models import resolve_device
+from ...registry import Registry
+from .backbones import Backbone, get_backbone
+
+
+@dataclasses.dataclass
+class ScoringContext:
+    store_root: Path
+    subjects: dict[str, Subject]
+    cfg: MetricsConfig
+    device: torch.device
+    images: list[Image.Image]  # aligned with the records frame's rows
+    ground_truth: dict | None  # ToyBench's ground_truth.json, when the dataset has one
+
+    def references(self, subject: str) -> list[Image.Image]:
+        refs = self.subjects[subject].images()
+        return refs[:1] if self.cfg.reference_set == "first" else refs
+
+    def reference_embeddings(self, backbone: Backbone, subject: str) -> torch.Tensor:
+        s = self.subjects[subject]
+        key = stable_hash({"backbone": backbone.describe, "subject": s.content_hash, "set": self.cfg.reference_set})
+        path = self.store_root / "cache" / "references" / f"{s.name}-{key}.pt"
+        if path.is_file():
+            return torch.load(path, weights_only=True).to(self.device)
+        emb = backbone.embed_images(self.references(subject), self.device, self.cfg.batch_size)
+        with atomic_path(path) as tmp:
+            torch.save(emb.cpu(), tmp)
+        return emb
+
+
+Metric = Callable[[ScoringContext, pd.DataFrame], pd.DataFrame]
+metrics: Registry[Metric] = Registry("metric")
+
+
+def _image_to_reference_similarity(ctx: ScoringContext, frame: pd.DataFrame, backbone_name: str) -> np.ndarray:
+    backbone = get_backbone(backbone_name)
+    backbone.model.to(ctx.device)
+    gen = backbone.embed_images(ctx.images, ctx.device, ctx.cfg.batch_size)
+    out = np.empty(len(frame))
+    for subject, rows in frame.groupby("subject").indices.items():
+        refs = ctx.reference_embeddings(backbone, subject)
+        out[rows] = (gen[rows] @ refs.T).mean(1).cpu().numpy()  # mean over all generated x real pairs
+    return out
+
+
+@metrics.register("dino", "DreamBench DINO: mean cosine to the subject's real images (metrics.dino_backbone)")
+def dino(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"dino": _image_to_reference_similarity(ctx, frame, ctx.cfg.dino_backbone)})
+
+
+@metrics.register("clip-i", "DreamBench CLIP-I: the same with the CLIP image tower (metrics.clip_backbone)")
+def clip_i(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"clip_i": _image_to_reference_similarity(ctx, frame, ctx.cfg.clip_backbone)})
+
+
+def scale_clip_t(cos: np.ndarray, scale: str) -> np.ndarray:
+    if scale == "raw":
+        return cos
+    if scale == "x100":
+        return 100 * cos
+    if scale == "w2.5":
+        return 2.5 * np.maximum(cos, 0)
+    raise UserError(f"metrics.clip_t_scale must be raw, x100 or w2.5, got {scale!r}")
+
+
+@metrics.register("clip-t", "DreamBench CLIP-T: image-text cosine (metrics.clip_t_text, metrics.clip_t_scale)")
+def clip_t(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
+    backbone = get_backbone(ctx.cfg.clip_backbone)
+    backbone.model.to(ctx.device)
+    img = backbone.embed_images(ctx.images, ctx.device, ctx.cfg.batch_size)
+    column = "clip_text" if ctx.cfg.clip_t_text == "class" else "prompt"
+    texts = frame[column].tolist()
+    txt = torch.cat([backbone.embed_texts(texts[i : i + 256], ctx.device) for i in range(0, len(texts), 256)])
+    cos = (img * txt).sum(-1).cpu().numpy()
+    return pd.DataFrame({"clip_t": scale_clip_t(cos, ctx.cfg.clip_t_scale)})
+
+
+@metrics.register("oracle", "toy world only: oracle identity and context accuracy against ToyBench's ground truth")
+def oracle(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
+    from ...datasets.toyworld.evaluate import load_oracle, oracle_read
+    from ...datasets.toyworld.training.common import to_tensor
+    from ...datasets.toyworld.world import COLOURS, CONTEXTS
+
+    if ctx.ground_truth is None:
+        raise UserError("metric 'oracle' needs the toy world's ground truth (ground_truth.json): use dataset.name=toybench "
+                        "or remove 'oracle' from metrics.names")
+    model, heads = load_oracle(Path(ctx.cfg.oracle_path)) if ctx.cfg.oracle_path else load_oracle()
+    arr = np.stack([np.asarray(im.convert("RGB").resize((64, 64), Image.BICUBIC)) for im in ctx.images])
+    read = oracle_read(model, heads, to_tensor(arr))
+    phrase_to_context = {v: k for k, v in CONTEXTS.items() if v}
+    identity, context = [], []
+    for i, row in enumerate(frame.itertuples()):
+        truth = ctx.ground_truth[row.subject]["identity"]
+        recolour = next((c for c in COLOURS if row.prompt_template.startswith(f"a {c} ")), None)
+        want = {"class": truth["cls"], "secondary": truth["secondary"], "pattern": truth["pattern"],
+                "primary": recolour or truth["primary"]}
+        identity.append(float(all(read[k][i] == v for k, v in want.items())))
+        ctx_name = next((name for phrase, name in phrase_to_context.items() if row.prompt_template.endswith(phrase)), None)
+        context.append(float(read["context"][i] == ctx_name) if ctx_name else np.nan)
+    return pd.DataFrame({"oracle_identity": identity, "oracle_context": context})
+
+
+def score_frame(frame: pd.DataFrame, store_root: Path, subjects: dict[str, Subject], cfg: MetricsConfig,
+                ground_truth_path: Path | None) -> pd.DataFrame:
+    """The records frame with one column per metric value."""
+    for name in cfg.names:
+        metrics.get(name)  # unknown names fail before any work
+    gt = json.loads(ground_truth_path.read_text()) if ground_truth_path and ground_truth_path.is_file() else None
+    ctx = ScoringContext(store_root, subjects, cfg, resolve_device(cfg.device),
+                         [Image.open(store_root / p).convert("RGB") for p in frame["image"]], gt)
+    parts = [frame.reset_index(drop=True)]
+    for name in cfg.names:
+        parts.append(metrics.get(name)(ctx, frame.reset_index(drop=True)))
+    return pd.concat(parts, axis=1)

@@ -1,0 +1,80 @@
+"""Aggregate per-image scores into the paper's table, with 95% bootstrap intervals.
+
+per image -> per (method, guidance, subject, prompt) -> per (method, guidance), overall and split by
+DreamBench kind (live / object). Intervals resample the (subject, prompt) cells with replacement.
+Written as CSV, Markdown and LaTeX (booktabs). Reads only the run store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..harness.atomic import atomic_path, write_text
+from .markdown import markdown_table
+
+METRIC_COLUMNS = ["dino", "clip_i", "clip_t", "oracle_identity", "oracle_context"]
+LABELS = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "oracle_identity": "Oracle-ID", "oracle_context": "Oracle-Ctx"}
+KEYS = ["method", "guidance"]
+
+
+def bootstrap_ci(values: np.ndarray, n: int, seed: int = 0) -> tuple[float, float]:
+    values = values[~np.isnan(values)]
+    if n == 0 or len(values) < 2:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (n, len(values)))].mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def aggregate(scores: pd.DataFrame, bootstrap: int = 1000) -> pd.DataFrame:
+    metrics = [c for c in METRIC_COLUMNS if c in scores.columns]
+    cells = scores.groupby(KEYS + ["kind", "subject", "prompt_template"], sort=False)[metrics].mean().reset_index()
+    rows = []
+    for split, part in [("all", cells)] + [(k, cells[cells["kind"] == k]) for k in ("object", "live")]:
+        for key, group in part.groupby(KEYS, sort=False):
+            row = dict(zip(KEYS, key), split=split, cells=len(group))
+            for m in metrics:
+                vals = group[m].to_numpy(dtype=float)
+                row[m] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+                row[f"{m}_lo"], row[f"{m}_hi"] = bootstrap_ci(vals, bootstrap)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(row: pd.Series, m: str) -> str:
+    if np.isnan(row[m]):
+        return "–"
+    half = (row[f"{m}_hi"] - row[f"{m}_lo"]) / 2
+    return f"{row[m]:.3f} ± {half:.3f}" if np.isfinite(half) else f"{row[m]:.3f}"
+
+
+def paper_layout(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows = method (each without / with guidance), columns = metrics, overall split."""
+    overall = table[table["split"] == "all"]
+    metrics = [m for m in METRIC_COLUMNS if m in overall.columns]
+    out = pd.DataFrame({"Method": overall["method"], "Guidance": overall["guidance"]})
+    for m in metrics:
+        out[LABELS[m]] = [_fmt(r, m) for _, r in overall.iterrows()]
+    return out.reset_index(drop=True)
+
+
+def to_latex(frame: pd.DataFrame) -> str:
+    cols = list(frame.columns)
+    lines = [r"\begin{tabular}{" + "l" * 2 + "c" * (len(cols) - 2) + "}", r"\toprule", " & ".join(cols) + r" \\", r"\midrule"]
+    for row in frame.itertuples(index=False):
+        lines.append(" & ".join(str(v).replace("±", r"$\pm$").replace("_", r"\_") for v in row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def write_tables(point_dir: Path, scores: pd.DataFrame, bootstrap: int) -> pd.DataFrame:
+    table = aggregate(scores, bootstrap)
+    with atomic_path(point_dir / "table.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    layout = paper_layout(table)
+    write_text(point_dir / "table.md", markdown_table(layout) + "\n")
+    write_text(point_dir / "table.tex", to_latex(layout))
+    return table
