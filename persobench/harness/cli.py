@@ -46,6 +46,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         for point, cfg in configs:
             out = run(cfg, _point_name(point), progress=bar)
             bar.console.print(f"[green]point {_point_name(point)} done[/]: {out}")
+    from ..reports.build import build_run_report
+
+    cfg = configs[0][1]
+    page = build_run_report(Path(cfg.store) / cfg.name, args.wandb or cfg.report.wandb)
+    print(f"report: {page}")
     return 0
 
 
@@ -94,14 +99,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..reports.summary import write_summary
+    from ..reports.build import build_run_report
 
-    root = Path(args.run)
-    points = sorted(p for p in (root / "points").glob("*") if (p / "records.parquet").is_file())
-    if not points:
-        raise UserError(f"'{root}' holds no finished run points (expected points/*/records.parquet); pass a run folder")
-    for point in points:
-        print(write_summary(root, point))
+    print(build_run_report(Path(args.run), args.wandb))
     return 0
 
 
@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="*", help="[CONFIG.yaml] [key.sub=value ...]")
     p.add_argument("--sweep", action="append", default=[], help="key=v1,v2,... (repeat for a grid); each point is a run")
     p.add_argument("--dry-run", action="store_true", help="validate and print the work list, load no model")
+    p.add_argument("--wandb", choices=["offline", "online", "disabled"], default=None, help="overrides report.wandb")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sample", help="one method, one subject, given prompts")
@@ -181,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="rebuild reports from a run folder")
     p.add_argument("run")
+    p.add_argument("--wandb", choices=["offline", "online", "disabled"], default=None, help="default: the run's report.wandb")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("doctor", help="what models, data and devices are found")

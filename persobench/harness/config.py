@@ -70,6 +70,12 @@ class MetricsConfig:
 
 
 @dataclasses.dataclass
+class ReportConfig:
+    wandb: Literal["offline", "online", "disabled"] = "offline"  # offline runs land in <run>/wandb, sync later
+    wandb_project: str = "persobench"
+
+
+@dataclasses.dataclass
 class RunConfig:
     name: str = "default"
     seed: int = 0
@@ -80,6 +86,7 @@ class RunConfig:
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
     dataset: DatasetConfig = dataclasses.field(default_factory=DatasetConfig)
     metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
+    report: ReportConfig = dataclasses.field(default_factory=ReportConfig)
 
 
 def _type_name(tp: Any) -> str:

@@ -184,5 +184,6 @@ def _record(store: RunStore, job: ImageJob, fitted: Fitted, prompt: str, fit_key
         "sample_key": sample_key,
         "guidance": "none",
         "image": store.relative(job.path),
+        "reference": str(job.subject.image_paths[0].resolve()),
         "seconds": round(seconds, 4),
     }

@@ -79,7 +79,7 @@ class TextualInversion:
             raise UserError(f"placeholder token(s) {clash} are already in the vocabulary; set method_params.textual-inversion.placeholder")
         text_encoder = copy.deepcopy(c.text_encoder).float()
         tokenizer.add_tokens(tokens)
-        text_encoder.resize_token_embeddings(len(tokenizer))
+        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # new rows are set below
         ids = tokenizer.convert_tokens_to_ids(tokens)
         weights = text_encoder.get_input_embeddings().weight
         saved = folder / "learned_embeds.safetensors"

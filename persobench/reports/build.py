@@ -1,0 +1,56 @@
+"""Rebuild every report of a run from its store: per-point summaries, the combined table, trade-off
+curves, the HTML report and the W&B runs. Reads only the store (`persobench report` calls this)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from ..errors import UserError
+from ..harness.atomic import atomic_path, write_text
+from .html import write_html
+from .markdown import markdown_table
+from .summary import write_summary
+from .tables import aggregate, paper_layout, to_latex
+from .tradeoff import plot_tradeoff
+from .wandb_log import log_to_wandb
+
+
+def finished_points(run_root: Path) -> list[Path]:
+    return sorted(p for p in (run_root / "points").glob("*") if (p / "records.parquet").is_file())
+
+
+def build_run_report(run_root: Path, wandb_mode: str | None = None) -> Path:
+    points = finished_points(run_root)
+    if not points:
+        raise UserError(f"'{run_root}' holds no finished run points (expected points/*/records.parquet); pass a run folder")
+    out = run_root / "report"
+    records, scores = [], []
+    for point in points:
+        write_summary(run_root, point)
+        records.append(pd.read_parquet(point / "records.parquet").assign(point=point.name))
+        if (point / "scores.parquet").is_file():
+            scores.append(pd.read_parquet(point / "scores.parquet").assign(point=point.name))
+    records_all = pd.concat(records, ignore_index=True)
+    config = yaml.safe_load((points[0] / "config.yaml").read_text())
+    table, layout, curves = None, None, []
+    if scores:
+        frames = [aggregate(s, config["metrics"]["bootstrap"]).assign(point=s["point"].iloc[0]) for s in scores]
+        table = pd.concat(frames, ignore_index=True)
+        with atomic_path(out / "table.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        layout = pd.concat([paper_layout(f).assign(Point=f["point"].iloc[0]) for f in frames], ignore_index=True)
+        if len(points) == 1:
+            layout = layout.drop(columns="Point")
+        write_text(out / "table.md", markdown_table(layout) + "\n")
+        write_text(out / "table.tex", to_latex(layout))
+        overall = table[table["split"] == "all"]
+        for y in ("dino", "clip_i"):
+            curves += plot_tradeoff(overall, y, out / f"tradeoff-{y}")
+        mode = wandb_mode or config.get("report", {}).get("wandb", "offline")
+        log_to_wandb(run_root, points, table, mode, config.get("report", {}).get("wandb_project", "persobench"))
+    references = {r.subject: Path(r.reference) for r in records_all.drop_duplicates("subject").itertuples()
+                  if "reference" in records_all and Path(r.reference).is_file()}
+    return write_html(run_root, out, layout, records_all, curves, references, f"persobench run: {run_root.name}")
