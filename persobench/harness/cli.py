@@ -86,12 +86,31 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_regress(args: argparse.Namespace) -> int:
+    from .regress import regress
+
+    config_file, overrides = _split_overrides(args.items)
+    problems = regress(Path(args.baseline), config_file, overrides, args.update, args.reason)
+    if args.update:
+        print(f"baseline updated: {args.baseline}")
+        return 0
+    if problems:
+        print(f"regression gate FAILED ({len(problems)} finding(s)):", file=sys.stderr)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    print("regression gate passed: every score within tolerance")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from ..datasets import datasets
     from ..methods import methods
+    from ..reports.metrics.backbones import backbones
+    from ..reports.metrics.scores import metrics
     from .schedulers import schedulers
 
-    for registry in (methods, datasets, schedulers):
+    for registry in (methods, datasets, schedulers, metrics, backbones):
         print(f"{registry.kind}s:")
         for name, doc in registry.describe().items():
             print(f"  {name:<20} {doc}")
@@ -177,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_sample)
 
+    p = sub.add_parser("regress", help="run the fixed gate benchmark and compare with a baseline")
+    p.add_argument("items", nargs="*", help="[CONFIG.yaml] [key=value ...] (default: the shipped gate config)")
+    p.add_argument("--baseline", required=True)
+    p.add_argument("--update", action="store_true", help="rewrite the baseline from this run")
+    p.add_argument("--reason", default=None, help="why the baseline changes (recorded in its history)")
+    p.set_defaults(func=cmd_regress)
+
     p = sub.add_parser("list", help="registered methods, datasets, schedulers")
     p.set_defaults(func=cmd_list)
 
@@ -202,7 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides may come after options
+        target = getattr(args, "items", getattr(args, "overrides", None))
+        bad = [e for e in extra if e.startswith("-") or "=" not in e]
+        if target is None or bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+        target.extend(extra)
     try:
         return args.func(args)
     except UserError as e:

@@ -105,8 +105,10 @@ class DreamBoothLora:
                 weight_name=WEIGHT_NAME,
                 safe_serialization=True,
             )
-        unet.to(c.dtype).eval().requires_grad_(False)
-        text_encoder.to(c.dtype).eval().requires_grad_(False)
+        for module in (unet, text_encoder):
+            if next(module.parameters()).dtype != c.dtype:
+                module.to(c.dtype)
+            module.eval().requires_grad_(False)
         return Fitted(self.name, subject, c, unet, c.tokenizer, text_encoder, identifier=p.identifier)
 
     def _class_latents(self, subject: Subject, folder: Path, seed: int) -> torch.Tensor:
