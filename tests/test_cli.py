@@ -89,3 +89,13 @@ def test_sample_command_writes_pngs(capsys, tiny_model, tmp_path):
     assert code == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["000-0.png", "000-1.png"]
     assert "a ball on the beach" in capsys.readouterr().out
+
+
+def test_dry_run_of_the_paper_config_counts_the_full_protocol(capsys, dreambench):
+    from pathlib import Path
+
+    paper = Path(__file__).resolve().parent.parent / "configs" / "paper" / "dreambench.yaml"
+    assert main(["run", "--dry-run", str(paper), f"dataset.path={dreambench}"]) == 0
+    out = capsys.readouterr().out
+    assert "30 subjects" in out and "9000 images x 50 steps" in out and "27000 metric passes" in out
+    assert "'textual-inversion': 30" in out and "GPU-hours" in out

@@ -38,9 +38,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     grid = expand_sweep(args.sweep) if args.sweep else [[]]
     configs = [(point, load_config(config_file, overrides + point)) for point in grid]  # validate all points first
     if args.dry_run:
+        from .worklist import UNIT_SECONDS, work_list
+
+        total = 0.0
         for point, cfg in configs:
-            print(f"point {_point_name(point)}: methods={cfg.methods} dataset={cfg.dataset.name} "
-                  f"images_per_prompt={cfg.dataset.images_per_prompt} steps={cfg.sampler.steps}")
+            w = work_list(cfg)
+            total += w["gpu_hours_estimate"]
+            print(f"point {_point_name(point)}: {w['subjects']} subjects; fits {w['fits']} (steps {w['fit_steps']}); "
+                  f"{w['images']} images x {cfg.sampler.steps} steps; {w['metric_passes']} metric passes; "
+                  f"~{w['gpu_hours_estimate']} GPU-hours")
+        print(f"total ~{total:.2f} GPU-hours (A100-class, SD 1.5 fp16 512 px unit costs: {UNIT_SECONDS})")
         return 0
     with progress_bar() as bar:
         for point, cfg in configs:

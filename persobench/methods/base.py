@@ -64,6 +64,11 @@ class Personalizer(Protocol):
 
     name: str
 
+    @staticmethod
+    def fit_steps(params: dict[str, Any]) -> int:
+        """Optimizer steps one fit takes with these params (0: no training); for dry-run estimates."""
+        ...
+
     def fit_signature(self) -> dict[str, Any]:
         """The hyperparameters that change a fit (with subject and base model, the fit's cache key)."""
         ...

@@ -74,6 +74,10 @@ class DreamBoothLora:
             raise UserError(f"method_params.dreambooth-lora.identifier must be one word, got {p.identifier!r}")
         self.components = components
 
+    @staticmethod
+    def fit_steps(params: dict[str, Any]) -> int:
+        return resolve_params(LoraParams, PRESETS, params, "dreambooth-lora").steps
+
     def fit_signature(self) -> dict[str, Any]:
         return as_dict(self.params)
 

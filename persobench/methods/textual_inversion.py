@@ -62,6 +62,10 @@ class TextualInversion:
             raise UserError("method_params.textual-inversion.templates must each contain '{}' for the token")
         self.components = components
 
+    @staticmethod
+    def fit_steps(params: dict[str, Any]) -> int:
+        return resolve_params(TIParams, PRESETS, params, "textual-inversion").steps
+
     def fit_signature(self) -> dict[str, Any]:
         return as_dict(self.params)
 

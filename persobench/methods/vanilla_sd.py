@@ -25,6 +25,10 @@ class VanillaSD:
             raise UserError(f"method vanilla-sd takes no parameters, got {sorted(params)}; remove method_params.vanilla-sd")
         self.components = components
 
+    @staticmethod
+    def fit_steps(params: dict[str, Any]) -> int:
+        return 0
+
     def fit_signature(self) -> dict[str, Any]:
         return {}
 

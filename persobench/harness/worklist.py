@@ -1,0 +1,36 @@
+"""The work list of a config, counted without loading any model (`persobench run --dry-run`).
+
+The GPU-time estimate multiplies the counts by per-unit costs measured or published for SD 1.5 at
+512 px on one A100-class GPU; they are printed with the estimate so nobody mistakes it for a promise.
+"""
+
+from __future__ import annotations
+
+from ..datasets import datasets, select_subjects
+from .config import RunConfig
+
+# seconds per unit on one A100-class GPU, SD 1.5 fp16, 512 px (rough; see benchmarks/RESULTS.md)
+UNIT_SECONDS = {"image_step": 0.045, "fit_step": {"vanilla-sd": 0.0, "textual-inversion": 0.25, "dreambooth-lora": 0.35},
+                "metric_image": 0.01}
+
+
+def work_list(cfg: RunConfig) -> dict[str, object]:
+    bench = datasets.get(cfg.dataset.name)(cfg.dataset)
+    subjects = select_subjects(bench, cfg.dataset)
+    images_per_method = 0
+    for s in subjects:
+        prompts = bench.prompts_for(s)
+        n = len(prompts) if cfg.dataset.max_prompts is None else min(len(prompts), cfg.dataset.max_prompts)
+        images_per_method += n * cfg.dataset.images_per_prompt
+    from ..methods import methods
+
+    fit_steps = {m: methods.get(m).fit_steps(cfg.method_params.get(m, {})) for m in cfg.methods}
+    fits = {m: len(subjects) if fit_steps[m] else 0 for m in cfg.methods}
+    images = images_per_method * len(cfg.methods)
+    metric_passes = images * len(cfg.metrics.names)
+    seconds = images * cfg.sampler.steps * UNIT_SECONDS["image_step"] * (2 if cfg.sampler.cfg_scale > 1 else 1) / 2
+    seconds += sum(fits[m] * fit_steps[m] * UNIT_SECONDS["fit_step"].get(m, 0.3) for m in cfg.methods)
+    seconds += metric_passes * UNIT_SECONDS["metric_image"]
+    return {"subjects": len(subjects), "methods": list(cfg.methods), "fits": fits, "fit_steps": fit_steps,
+            "images": images, "metric_passes": metric_passes, "gpu_hours_estimate": round(seconds / 3600, 2)}
+
