@@ -20,8 +20,10 @@ def test_capture_keeps_outputs_records_maps_and_restores(components):
     emb = encode_text(c.tokenizer, c.text_encoder, ["a red ball", "a cat at night"])
     before = dict(unet.attn_processors)
     plain = unet(x, t, encoder_hidden_states=emb).sample
-    with capture_cross_attention(unet) as maps:
+    with capture_cross_attention(unet, feature="hidden", feature_layers=cross_attention_layers(unet)[:1]) as cap:
         recorded = unet(x, t, encoder_hidden_states=emb).sample
+    maps = cap.maps
+    assert list(cap.features) == cross_attention_layers(unet)[:1]
     assert torch.allclose(plain, recorded, atol=1e-5)
     assert set(maps) == set(cross_attention_layers(unet))
     for name, m in maps.items():
@@ -35,3 +37,16 @@ def test_unknown_layer_lists_the_real_ones(components):
     with pytest.raises(UserError, match="unknown cross-attention layer.*this UNet has: down_blocks"):
         with capture_cross_attention(components.unet, ["up_blocks.9.attn2.processor"]):
             pass
+
+
+def test_layer_groups(components):
+    from persobench.harness.attention import select_layers
+
+    unet = components.unet
+    every = cross_attention_layers(unet)
+    assert select_layers(unet, ["all"]) == every
+    up_mid = select_layers(unet, ["up-mid"])
+    assert up_mid and all(n.startswith("up_blocks") for n in up_mid)
+    assert select_layers(unet, ["res:1"]) == [n for n in every if layer_resolution(unet, n) == 1]
+    with pytest.raises(UserError, match="unknown cross-attention layer or group 'up-middle'"):
+        select_layers(unet, ["up-middle"])

@@ -10,6 +10,7 @@ appearance masks (Pick-and-Draw) and the toy world's word-specificity check read
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -31,11 +32,24 @@ def layer_resolution(unet: torch.nn.Module, name: str) -> int:
     return 2**block if name.startswith("down_blocks") else 2 ** (n_down - 1 - block)
 
 
-class RecordingProcessor:
-    """diffusers' AttnProcessor arithmetic, plus recording of head-averaged attention probabilities."""
+@dataclasses.dataclass
+class Capture:
+    """What one forward pass recorded, by layer name."""
 
-    def __init__(self, name: str, store: dict[str, torch.Tensor], keep_grad: bool = False) -> None:
-        self.name, self.store, self.keep_grad = name, store, keep_grad
+    maps: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # [B, pixels, tokens], head-averaged
+    features: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # [B, pixels, C] (see `feature`)
+
+
+class RecordingProcessor:
+    """diffusers' AttnProcessor arithmetic, plus recording of head-averaged attention probabilities
+    and (optionally) a feature of the layer: `hidden` (the query-side hidden states entering the
+    cross-attention), `query` (after to_q) or `attn_out` (the attention output, before the residual)."""
+
+    def __init__(self, name: str, capture: Capture, keep_grad: bool = False, feature: str | None = None) -> None:
+        self.name, self.capture, self.keep_grad, self.feature = name, capture, keep_grad, feature
+
+    def _keep(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.keep_grad else t.detach()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         residual = hidden_states
@@ -49,7 +63,11 @@ class RecordingProcessor:
         attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        if self.feature == "hidden":
+            self.capture.features[self.name] = self._keep(hidden_states)
         query = attn.to_q(hidden_states)
+        if self.feature == "query":
+            self.capture.features[self.name] = self._keep(query)
         if encoder_hidden_states is None:
             encoder_hidden_states = hidden_states
         elif attn.norm_cross:
@@ -58,10 +76,11 @@ class RecordingProcessor:
         query, key, value = attn.head_to_batch_dim(query), attn.head_to_batch_dim(key), attn.head_to_batch_dim(value)
         probs = attn.get_attention_scores(query, key, attention_mask)
         heads = attn.heads
-        averaged = probs.view(-1, heads, *probs.shape[1:]).mean(1)
-        self.store[self.name] = averaged if self.keep_grad else averaged.detach()
+        self.capture.maps[self.name] = self._keep(probs.view(-1, heads, *probs.shape[1:]).mean(1))
         hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if self.feature == "attn_out":
+            self.capture.features[self.name] = self._keep(hidden_states)
         if input_ndim == 4:
             hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
         if attn.residual_connection:
@@ -69,22 +88,54 @@ class RecordingProcessor:
         return hidden_states / attn.rescale_output_factor
 
 
+def select_layers(unet: torch.nn.Module, specs: Iterable[str]) -> list[str]:
+    """Layer names from names or groups: all, up, down, mid, up-mid (the decoder's cross-attention
+    layers at its two middle resolutions: all up levels but the finest), res:N (downsampling factor N)."""
+    available = cross_attention_layers(unet)
+    up = [n for n in available if n.startswith("up_blocks")]
+    up_levels = sorted({layer_resolution(unet, n) for n in up}, reverse=True)
+    groups = {
+        "all": available,
+        "up": up,
+        "down": [n for n in available if n.startswith("down_blocks")],
+        "mid": [n for n in available if n.startswith("mid_block")],
+        "up-mid": [n for n in up if layer_resolution(unet, n) in up_levels[:2]],
+    }
+    chosen: list[str] = []
+    for spec in specs:
+        if spec in groups:
+            names = groups[spec]
+        elif spec.startswith("res:") and spec[4:].isdigit():
+            names = [n for n in available if layer_resolution(unet, n) == int(spec[4:])]
+        elif spec in available:
+            names = [spec]
+        else:
+            raise UserError(f"unknown cross-attention layer or group {spec!r}; groups: {', '.join(groups)}, res:N; "
+                            f"layers: {', '.join(available)}")
+        chosen += [n for n in names if n not in chosen]
+    if not chosen:
+        raise UserError(f"layer selection {list(specs)} matches no cross-attention layer of this UNet")
+    return chosen
+
+
 @contextlib.contextmanager
-def capture_cross_attention(unet: torch.nn.Module, layers: Iterable[str] | None = None,
-                            keep_grad: bool = False) -> Iterator[dict[str, torch.Tensor]]:
-    """Record the named cross-attention layers (default: all) while the context is open."""
+def capture_cross_attention(unet: torch.nn.Module, layers: Iterable[str] | None = None, keep_grad: bool = False,
+                            feature: str | None = None, feature_layers: Iterable[str] = ()) -> Iterator[Capture]:
+    """Record the named cross-attention layers (default: all) while the context is open; `feature`
+    is also recorded on `feature_layers`."""
     available = cross_attention_layers(unet)
     chosen = list(layers) if layers is not None else available
-    unknown = [n for n in chosen if n not in available]
+    feature_layers = list(feature_layers)
+    unknown = [n for n in chosen + feature_layers if n not in available]
     if unknown:
         raise UserError(f"unknown cross-attention layer(s) {unknown}; this UNet has: {', '.join(available)}")
     original = dict(unet.attn_processors)
-    store: dict[str, torch.Tensor] = {}
+    capture = Capture()
     patched = dict(original)
-    for name in chosen:
-        patched[name] = RecordingProcessor(name, store, keep_grad)
+    for name in dict.fromkeys(chosen + feature_layers):
+        patched[name] = RecordingProcessor(name, capture, keep_grad, feature if name in feature_layers else None)
     unet.set_attn_processor(patched)
     try:
-        yield store
+        yield capture
     finally:
         unet.set_attn_processor(original)

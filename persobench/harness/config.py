@@ -70,6 +70,49 @@ class MetricsConfig:
 
 
 @dataclasses.dataclass
+class AppearanceConfig:
+    """Pick-and-Draw appearance picking: UREMD between generated and reference-palette features."""
+
+    enabled: bool = True
+    weight: float = 1.0
+    tau: float = 0.5  # threshold on min-max normalised subject-token attention
+    soft_masks: bool = False
+    layers: list[str] = dataclasses.field(default_factory=lambda: ["up-mid"])  # names or groups: up-mid, up, down, mid, all, res:N
+    feature: Literal["hidden", "attn_out", "query"] = "hidden"
+    direction: Literal["gen_to_ref", "ref_to_gen", "both"] = "gen_to_ref"
+    subject_token: Literal["class", "identifier", "both"] = "class"
+    num_references: int | None = 1  # references in the palette; None = all
+
+
+@dataclasses.dataclass
+class LayoutConfig:
+    """Pick-and-Draw layout drawing: smoothed cross-attention maps vs the vanilla model's template."""
+
+    enabled: bool = True
+    weight: float = 1.0
+    kernel: int = 3
+    sigma: float = 0.5
+    layers: list[str] = dataclasses.field(default_factory=lambda: ["all"])
+
+
+@dataclasses.dataclass
+class GuidanceConfig:
+    """Training-free guidance applied in the sampling loop (our reconstruction of Pick-and-Draw)."""
+
+    name: str = "none"  # none | pick-and-draw
+    compare_unguided: bool = True  # also sample each method without guidance (the paper's table rows)
+    steps: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.5])  # guided fraction of the steps
+    iterations: int = 1
+    step_size: list[float] = dataclasses.field(default_factory=lambda: [20.0, 10.0])  # eta, linear over the guided range
+    inversion: Literal["ddim", "null_text"] = "ddim"
+    inversion_prompt: str = "a photo of a {class}"
+    null_text_iterations: int = 10
+    null_text_lr: float = 1e-2
+    appearance: AppearanceConfig = dataclasses.field(default_factory=AppearanceConfig)
+    layout: LayoutConfig = dataclasses.field(default_factory=LayoutConfig)
+
+
+@dataclasses.dataclass
 class ReportConfig:
     wandb: Literal["offline", "online", "disabled"] = "offline"  # offline runs land in <run>/wandb, sync later
     wandb_project: str = "persobench"
@@ -85,6 +128,7 @@ class RunConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
     dataset: DatasetConfig = dataclasses.field(default_factory=DatasetConfig)
+    guidance: GuidanceConfig = dataclasses.field(default_factory=GuidanceConfig)
     metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
     report: ReportConfig = dataclasses.field(default_factory=ReportConfig)
 
@@ -237,6 +281,17 @@ def validate(cfg: RunConfig) -> None:
         v = getattr(cfg.dataset, key)
         if v is not None and v <= 0:
             raise UserError(f"dataset.{key} must be positive or null, got {v}")
+    g = cfg.guidance
+    if not 0.0 < g.appearance.tau < 1.0:
+        raise UserError(f"guidance.appearance.tau must be in (0, 1), got {g.appearance.tau}")
+    if len(g.steps) != 2 or not 0.0 <= g.steps[0] < g.steps[1] <= 1.0:
+        raise UserError(f"guidance.steps must be [start, end] fractions with 0 <= start < end <= 1, got {g.steps}")
+    if len(g.step_size) != 2 or min(g.step_size) < 0:
+        raise UserError(f"guidance.step_size must be [first, last] non-negative step sizes, got {g.step_size}")
+    if g.iterations <= 0 or g.layout.kernel <= 0 or g.layout.kernel % 2 == 0 or g.layout.sigma <= 0:
+        raise UserError("guidance.iterations must be positive; guidance.layout.kernel a positive odd size; layout.sigma > 0")
+    if g.appearance.num_references is not None and g.appearance.num_references <= 0:
+        raise UserError(f"guidance.appearance.num_references must be positive or null (all), got {g.appearance.num_references}")
     if cfg.metrics.batch_size <= 0 or cfg.metrics.bootstrap < 0:
         raise UserError("metrics.batch_size must be positive and metrics.bootstrap >= 0")
     if not cfg.methods:

@@ -19,11 +19,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..datasets import Subject, datasets, select_subjects
 from ..errors import UserError
+from ..guidance import Palette, guidances
 from ..methods import Fitted, methods
 from .atomic import write_json, write_parquet, write_yaml
 from .config import RunConfig, stable_hash, to_dict
+from .guided import build_hooks, guidance_signature, reference_palette
 from .models import SDComponents, load_components
-from .sampling import Hook, decode, denoise
+from .sampling import decode, denoise
 from .schedulers import build_scheduler
 from .seeding import image_seed, initial_noise
 from .store import RunStore, file_lock
@@ -46,7 +48,7 @@ def progress_bar() -> Progress:
     )
 
 
-def sample_signature(cfg: RunConfig, components: SDComponents, fit_key: str) -> dict[str, Any]:
+def sample_signature(cfg: RunConfig, components: SDComponents, fit_key: str, guidance: str = "none") -> dict[str, Any]:
     """Everything that changes an image besides its seed (what a sample key hashes)."""
     s = cfg.sampler
     return {
@@ -60,7 +62,7 @@ def sample_signature(cfg: RunConfig, components: SDComponents, fit_key: str) -> 
         "negative_prompt": s.negative_prompt,
         "resolution": resolution(cfg, components),
         "seed": cfg.seed,
-        "guidance": None,
+        "guidance": guidance_signature(cfg.guidance, guidance),
     }
 
 
@@ -81,7 +83,7 @@ def fit_subject(store: RunStore, personalizer, components: SDComponents, subject
     return fitted, key
 
 
-def generate(fitted: Fitted, cfg: RunConfig, jobs: Sequence[ImageJob], hooks: Sequence[Hook] = ()):
+def generate(fitted: Fitted, cfg: RunConfig, jobs: Sequence[ImageJob], guidance: str = "none", palette: Palette | None = None):
     """Sample one batch of images for one fitted subject; each image's noise comes from its own seed."""
     c = fitted.components
     res = resolution(cfg, c)
@@ -91,7 +93,10 @@ def generate(fitted: Fitted, cfg: RunConfig, jobs: Sequence[ImageJob], hooks: Se
     latents = initial_noise([j.seed for j in jobs], shape).to(c.device, c.dtype)
     gens = [torch.Generator("cpu").manual_seed(j.seed ^ 0x5EED) for j in jobs]
     scheduler = build_scheduler(cfg.sampler.scheduler, c.scheduler_config)
+    hooks = build_hooks(guidance, cfg, fitted, prompts, [j.template for j in jobs], cond, latents, palette)
     out = denoise(fitted.unet, scheduler, latents, cond, cfg.sampler.steps, cfg.sampler.cfg_scale, cfg.sampler.eta, hooks, gens)
+    for hook in hooks:
+        hook.finish()
     if not torch.isfinite(out).all():
         bad = [j.path.name for j, ok in zip(jobs, torch.isfinite(out).flatten(1).all(1).tolist()) if not ok]
         raise UserError(f"sampling produced NaN/inf latents for {bad}; lower sampler.cfg_scale or use model.dtype=fp32")
@@ -122,6 +127,7 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
     if unknown:
         raise UserError(f"method_params names unknown method(s) {unknown}; known methods: {', '.join(methods.names())}")
     personalizer_types = [methods.get(m) for m in cfg.methods]  # fail on unknown names before loading anything
+    guidance_settings(cfg)
     bench = datasets.get(cfg.dataset.name)(cfg.dataset)
     subjects = select_subjects(bench, cfg.dataset)
     components = load_components(cfg.model)
@@ -136,16 +142,21 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
             task = bar.add_task(f"{method_name}", total=len(subjects))
             for subject in subjects:
                 fitted, fit_key = fit_subject(store, personalizer, components, subject, cfg.seed, bar)
-                sample_key = stable_hash(sample_signature(cfg, components, fit_key))
-                jobs = image_jobs(cfg, bench, store, method_name, subject, sample_key)
-                pending = [j for j in jobs if not store.is_done(j.path)]
-                for batch in chunks(pending, cfg.sampler.batch_size):
-                    started = time.perf_counter()
-                    prompts, images = generate(fitted, cfg, batch)
-                    per_image = (time.perf_counter() - started) / len(batch)
-                    for job, prompt, image in zip(batch, prompts, images):
-                        store.save_image(job.path, image, _record(store, job, fitted, prompt, fit_key, sample_key, per_image))
-                records += [store.read_record(j.path) for j in jobs]
+                for guidance in guidance_settings(cfg):
+                    sample_key = stable_hash(sample_signature(cfg, components, fit_key, guidance))
+                    jobs = image_jobs(cfg, bench, store, method_name, subject, sample_key)
+                    pending = [j for j in jobs if not store.is_done(j.path)]
+                    palette = None
+                    if pending and guidance != "none" and cfg.guidance.appearance.enabled:
+                        palette = reference_palette(fitted, cfg, fit_key, store.root / "cache" / "inversions")
+                    for batch in chunks(pending, cfg.sampler.batch_size):
+                        started = time.perf_counter()
+                        prompts, images = generate(fitted, cfg, batch, guidance, palette)
+                        per_image = (time.perf_counter() - started) / len(batch)
+                        for job, prompt, image in zip(batch, prompts, images):
+                            record = _record(store, job, fitted, prompt, fit_key, sample_key, per_image, guidance)
+                            store.save_image(job.path, image, record)
+                    records += [store.read_record(j.path) for j in jobs]
                 bar.advance(task)
     frame = pd.DataFrame.from_records(records)
     write_parquet(point_dir / "records.parquet", frame)
@@ -168,7 +179,17 @@ def score(cfg: RunConfig, frame: pd.DataFrame, store: RunStore, point_dir: Path,
     return scores
 
 
-def _record(store: RunStore, job: ImageJob, fitted: Fitted, prompt: str, fit_key: str, sample_key: str, seconds: float) -> dict:
+def guidance_settings(cfg: RunConfig) -> list[str]:
+    """'none', and the configured guidance (both when guidance.compare_unguided: the paper's rows)."""
+    name = cfg.guidance.name
+    if name == "none":
+        return ["none"]
+    guidances.get(name)  # an unknown name fails before any work
+    return ["none", name] if cfg.guidance.compare_unguided else [name]
+
+
+def _record(store: RunStore, job: ImageJob, fitted: Fitted, prompt: str, fit_key: str, sample_key: str, seconds: float,
+            guidance: str) -> dict:
     return {
         "method": job.method,
         "subject": job.subject.name,
@@ -182,7 +203,7 @@ def _record(store: RunStore, job: ImageJob, fitted: Fitted, prompt: str, fit_key
         "seed": job.seed,
         "fit_key": fit_key,
         "sample_key": sample_key,
-        "guidance": "none",
+        "guidance": guidance,
         "image": store.relative(job.path),
         "reference": str(job.subject.image_paths[0].resolve()),
         "seconds": round(seconds, 4),

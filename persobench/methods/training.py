@@ -11,7 +11,6 @@ import dataclasses
 import typing
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -19,6 +18,7 @@ from PIL import Image
 from ..datasets.dreambench import Subject
 from ..errors import UserError
 from ..harness.config import from_dict
+from ..harness.images import encode_images
 from ..harness.models import SDComponents
 from ..harness.schedulers import build_scheduler
 
@@ -39,15 +39,6 @@ def as_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
-def _to_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    """Centre crop to square, resize (bicubic), to [-1, 1] CHW: the diffusers training examples' transform."""
-    w, h = image.size
-    s = min(w, h)
-    image = image.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size), Image.BICUBIC)
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)
-    return x / 127.5 - 1.0
-
-
 @torch.no_grad()
 def reference_latents(components: SDComponents, subject: Subject, num_references: int | None) -> torch.Tensor:
     """VAE latents (scaled) of the subject's references and their mirror images: [2N, C, h, w]."""
@@ -56,11 +47,7 @@ def reference_latents(components: SDComponents, subject: Subject, num_references
         if num_references <= 0:
             raise UserError(f"num_references must be positive or null (all), got {num_references}")
         images = images[:num_references]
-    size = components.latent_shape[1] * components.vae_scale
-    x = torch.stack([_to_tensor(im, size) for im in images])
-    x = torch.cat([x, x.flip(-1)]).to(components.device, components.dtype)
-    vae = components.vae
-    return (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).float()
+    return encode_images(components, images + [im.transpose(Image.FLIP_LEFT_RIGHT) for im in images])
 
 
 class DiffusionLoss:

@@ -33,7 +33,7 @@ def contact_sheet(store_root: Path, frame: pd.DataFrame, max_cols: int = 8) -> I
 def write_summary(store_root: Path, point_dir: Path) -> Path:
     frame = pd.read_parquet(point_dir / "records.parquet")
     table = (
-        frame.groupby("method", sort=False)
+        frame.groupby(["method", "guidance"], sort=False)
         .agg(subjects=("subject", "nunique"), prompts=("prompt_template", "nunique"), images=("image", "count"),
              seconds_per_image=("seconds", "mean"))
         .reset_index()

@@ -136,11 +136,11 @@ def attention_specificity(n: int = 64, timestep: int = 400) -> dict[str, float]:
     train_sched, _ = make_schedulers()
     t = torch.full((n,), timestep)
     noisy = train_sched.add_noise(x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)), t)
-    with capture_cross_attention(c.unet) as maps:
+    with capture_cross_attention(c.unet) as captured:
         c.unet(noisy, t, encoder_hidden_states=encode_text(c.tokenizer, c.text_encoder, prompts))
     out: dict[str, list[float]] = {"class_word": [], "context_word": [], "mask_area": []}
     mask = torch.from_numpy(masks).float()[:, None]
-    for m in maps.values():
+    for m in captured.maps.values():
         side = int(m.shape[1] ** 0.5)
         mk = F.adaptive_avg_pool2d(mask, side).flatten(1)  # [n, pixels], fraction of each cell in the mask
         for i, s in enumerate(scenes):

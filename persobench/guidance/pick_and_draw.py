@@ -1,0 +1,172 @@
+"""Pick-and-Draw (Lv, Xiao, Li, Huang; arXiv 2401.16762): training-free guidance of z_t.
+
+At each guided step the hook runs the denoiser on z_t with gradients, reads cross-attention maps and
+features through attention processors, and descends
+    S = weight_app * UREMD(generated features in the subject mask, reference palette)
+      + weight_lay * || smooth(generated subject maps) - smooth(template maps) ||_F
+with step size eta_t (linear over the guided range), `iterations` times. The template is the vanilla
+model's own trajectory from the same initial noise with the prompt stripped of the identifier; the
+palette comes from the inverted reference at the same step, computed once per subject and step and
+reused by every prompt and seed. The code paper is not public: every choice is a config field
+(`GuidanceConfig`) and the defaults are our reconstruction.
+
+The hook sees denoisers, conditionings and token columns only, never a method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import torch
+
+from ..errors import UserError
+from ..harness.attention import capture_cross_attention, select_layers
+from ..harness.config import GuidanceConfig
+from ..harness.sampling import Conditioning, StepContext
+from .layout import layout_loss
+from .uremd import uremd
+
+
+@dataclasses.dataclass
+class Palette:
+    """The inverted reference(s): latents per sampler step and their conditioning."""
+
+    trajectory: list[torch.Tensor]  # [R, C, h, w] at each sampler step
+    cond: Conditioning  # R copies of the inversion prompt; subject_positions = subject columns
+    cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class GuidanceInputs:
+    unet: torch.nn.Module  # the method's denoiser
+    template_unet: torch.nn.Module  # the vanilla model
+    make_scheduler: Callable[[], object]
+    cond: Conditioning  # subject_positions: appearance-mask columns per prompt
+    layout_positions: list[list[int]]  # columns whose maps should follow the template (class word)
+    template_cond: Conditioning  # vanilla prompts; subject_positions: class-word columns
+    initial_latents: torch.Tensor
+    palette: Palette | None
+
+
+def subject_mask(maps: torch.Tensor, columns: list[list[int]], tau: float, soft: bool) -> torch.Tensor:
+    """[B, pixels, tokens] -> [B, pixels] weights: subject-token attention, min-max normalised, > tau."""
+    sel = torch.stack([maps[b][:, cols].sum(-1) for b, cols in enumerate(columns)])
+    lo, hi = sel.min(-1, keepdim=True).values, sel.max(-1, keepdim=True).values
+    norm = (sel - lo) / (hi - lo).clamp_min(1e-8)
+    return norm * (norm > tau) if soft else (norm > tau).to(norm.dtype)
+
+
+def _maps_2d(maps: torch.Tensor, columns: list[list[int]]) -> torch.Tensor:
+    sel = torch.stack([maps[b][:, cols].sum(-1) for b, cols in enumerate(columns)])
+    side = int(math.isqrt(sel.shape[-1]))
+    return sel.view(len(columns), side, side)
+
+
+class PickAndDraw:
+    """The guidance hook; `finish()` raises if any guided step produced a non-finite score."""
+
+    def __init__(self, cfg: GuidanceConfig, inputs: GuidanceInputs, num_steps: int) -> None:
+        self.cfg, self.inp, self.num_steps = cfg, inputs, num_steps
+        a, lay = cfg.appearance, cfg.layout
+        if not (a.enabled or lay.enabled):
+            raise UserError("guidance pick-and-draw with appearance and layout both disabled does nothing; set guidance.name=none")
+        if a.enabled and inputs.palette is None:
+            raise UserError("guidance.appearance needs a reference palette (the subject's images)")
+        self.palette_layers = select_layers(inputs.unet, a.layers) if a.enabled else []
+        self.layout_layers = select_layers(inputs.unet, lay.layers) if lay.enabled else []
+        start, end = int(cfg.steps[0] * num_steps), math.ceil(cfg.steps[1] * num_steps)
+        self.guided = range(start, max(start + 1, end))
+        self.template_latents = inputs.initial_latents.clone()
+        self.template_scheduler = inputs.make_scheduler()
+        self.template_scheduler.set_timesteps(num_steps, device=inputs.initial_latents.device)
+        self.bad_steps: list[torch.Tensor] = []  # per guided step: any non-finite score (checked after sampling)
+
+    def step_size(self, i: int) -> float:
+        first, last = self.cfg.step_size
+        n = len(self.guided)
+        return first if n == 1 else first + (last - first) * (i - self.guided.start) / (n - 1)
+
+    @torch.no_grad()
+    def _template(self, t: torch.Tensor, cfg_scale: float) -> dict[str, torch.Tensor]:
+        """Template maps at this step, then advance the vanilla trajectory one step (with CFG)."""
+        inp, z = self.inp, self.template_latents
+        tc = inp.template_cond
+        with capture_cross_attention(inp.template_unet, self.layout_layers) as cap:
+            pred = inp.template_unet(torch.cat([z, z]), t, encoder_hidden_states=torch.cat([tc.uncond, tc.cond])).sample
+        u, c = pred.chunk(2)
+        self.template_latents = self.template_scheduler.step(u + cfg_scale * (c - u), t, z, return_dict=False)[0]
+        n = len(z)
+        return {name: _maps_2d(m[n:], tc.subject_positions) for name, m in cap.maps.items()}
+
+    @torch.no_grad()
+    def _palette(self, i: int, t: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        pal, a = self.inp.palette, self.cfg.appearance
+        feats, masks = [], []
+        missing = [n for n in self.palette_layers if (i, n) not in pal.cache]
+        if missing:
+            z = pal.trajectory[i]
+            with capture_cross_attention(self.inp.unet, self.palette_layers, feature=a.feature, feature_layers=self.palette_layers) as cap:
+                self.inp.unet(z, t, encoder_hidden_states=pal.cond.cond)
+            for name in self.palette_layers:
+                mask = subject_mask(cap.maps[name], pal.cond.subject_positions, a.tau, a.soft_masks)
+                f = cap.features[name]
+                pal.cache[(i, name)] = (f.reshape(-1, f.shape[-1]).float(), mask.reshape(-1))
+        for name in self.palette_layers:
+            f, m = pal.cache[(i, name)]
+            feats.append(f)
+            masks.append(m)
+        return feats, masks
+
+    def __call__(self, step: int, t: torch.Tensor, latents: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        if step not in self.guided:
+            return latents
+        a, lay = self.cfg.appearance, self.cfg.layout
+        template = self._template(t, ctx.cfg_scale) if lay.enabled else {}
+        palette = self._palette(step, t) if a.enabled else ([], [])
+        eta = self.step_size(step)
+        z = latents
+        for _ in range(self.cfg.iterations):
+            with torch.enable_grad():
+                z = z.detach().float().requires_grad_(True)
+                score, _, _ = self.score(z, t, template, palette, latents.dtype)
+                (grad,) = torch.autograd.grad(score.sum(), z)
+            finite = torch.isfinite(score) & torch.isfinite(grad).flatten(1).all(1)
+            self.bad_steps.append((~finite).any().view(1))
+            z = torch.where(finite[:, None, None, None], z.detach() - eta * grad, z.detach())
+        return z.to(latents.dtype)
+
+    def score(self, z: torch.Tensor, t: torch.Tensor, template: dict[str, torch.Tensor],
+              palette: tuple[list[torch.Tensor], list[torch.Tensor]], dtype: torch.dtype):
+        """(S, L_app, L_layout) per image for latents z (differentiable in z); losses in fp32."""
+        a, lay, inp = self.cfg.appearance, self.cfg.layout, self.inp
+        layers = list(dict.fromkeys(self.palette_layers + self.layout_layers))
+        with capture_cross_attention(inp.unet, layers, keep_grad=True, feature=a.feature if a.enabled else None,
+                                     feature_layers=self.palette_layers) as cap:
+            inp.unet(z.to(dtype), t, encoder_hidden_states=inp.cond.cond)
+        score = torch.zeros(len(z), device=z.device)
+        app = lay_loss = None
+        if a.enabled:
+            app = torch.stack([
+                uremd(cap.features[name].float(), subject_mask(cap.maps[name].detach().float(), inp.cond.subject_positions, a.tau,
+                                                               a.soft_masks), pf, pm, a.direction)
+                for name, pf, pm in zip(self.palette_layers, *palette)
+            ]).mean(0)
+            score = score + a.weight * app
+        if lay.enabled:
+            gen = [_maps_2d(cap.maps[n].float(), inp.layout_positions) for n in self.layout_layers]
+            lay_loss = layout_loss(gen, [template[n].float() for n in self.layout_layers], lay.kernel, lay.sigma)
+            score = score + lay.weight * lay_loss
+        return score, app, lay_loss
+
+    def finish(self) -> None:
+        """Raise (one line, with the steps) if a guided step's score or gradient was not finite."""
+        if not self.bad_steps:
+            return
+        flags = torch.cat(self.bad_steps).cpu().tolist()
+        iters = self.cfg.iterations
+        bad = sorted({self.guided.start + k // iters for k, f in enumerate(flags) if f})
+        if bad:
+            raise UserError(f"Pick-and-Draw produced NaN/inf at guided step(s) {bad}; lower guidance.step_size or the "
+                            "loss weights (no image was written)")

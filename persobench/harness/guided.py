@@ -1,0 +1,89 @@
+"""Glue between a fitted method and a guidance term: plain tensors in, a sampling hook out.
+
+This is the only place that reads a `Fitted` on guidance's behalf: it finds the subject's token
+columns, encodes the vanilla template prompts with the base model, and inverts the reference image(s)
+into a palette (cached on disk per fit, reference, prompt, scheduler, steps and inversion kind).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+from ..guidance import GuidanceInputs, Palette, guidances
+from ..guidance.inversion import invert
+from ..methods import Fitted
+from .atomic import atomic_path
+from .config import GuidanceConfig, RunConfig, stable_hash, to_dict
+from .images import encode_images
+from .sampling import Conditioning, encode_text, token_positions
+from .schedulers import build_scheduler
+
+
+def guidance_signature(g: GuidanceConfig, name: str) -> dict[str, Any] | None:
+    return None if name == "none" else {"name": name, **to_dict(g)}
+
+
+def _columns(tokenizer, prompts: list[str], words: list[str], what: str) -> list[list[int]]:
+    cols = [token_positions(tokenizer, p, words) for p in prompts]
+    missing = [p for p, c in zip(prompts, cols) if not c]
+    if missing:
+        raise UserError(f"guidance needs the subject in every prompt, but {missing[0]!r} has no {what} token ({' / '.join(words)}); "
+                        "change guidance.appearance.subject_token or the method's prompt form")
+    return cols
+
+
+def _subject_words(fitted: Fitted, which: str) -> list[str]:
+    words = {"class": [fitted.subject.class_noun], "identifier": [fitted.identifier] if fitted.identifier else [],
+             "both": [w for w in (fitted.identifier, fitted.subject.class_noun) if w]}[which]
+    if not words:
+        raise UserError(f"guidance.appearance.subject_token={which} but method {fitted.method} has no identifier; use 'class'")
+    return words
+
+
+def reference_palette(fitted: Fitted, cfg: RunConfig, fit_key: str, cache_dir: Path) -> Palette:
+    g, c = cfg.guidance, fitted.components
+    refs = fitted.subject.images()
+    refs = refs if g.appearance.num_references is None else refs[: g.appearance.num_references]
+    prompt = g.inversion_prompt.replace("{class}", fitted.subject.class_noun)
+    cond = fitted.encode([prompt] * len(refs), cfg.sampler.negative_prompt)
+    cond.subject_positions = _columns(fitted.tokenizer, [prompt] * len(refs), [fitted.subject.class_noun], "class")
+    key = stable_hash({"fit": fit_key, "subject": fitted.subject.content_hash, "prompt": prompt, "refs": len(refs),
+                       "scheduler": cfg.sampler.scheduler, "steps": cfg.sampler.steps, "cfg": cfg.sampler.cfg_scale,
+                       "kind": g.inversion, "iters": g.null_text_iterations, "lr": g.null_text_lr, "model": c.fingerprint})
+    path = cache_dir / f"{fitted.subject.name}-{key}.pt"
+    if path.is_file():
+        trajectory = [z.to(c.device, c.dtype) for z in torch.load(path, weights_only=True)]
+    else:
+        z0 = encode_images(c, refs).to(c.dtype)
+        scheduler = build_scheduler(cfg.sampler.scheduler, c.scheduler_config)
+        inv = invert(fitted.unet, scheduler, z0, cond, cfg.sampler.steps, cfg.sampler.cfg_scale, g.inversion,
+                     g.null_text_iterations, g.null_text_lr)
+        trajectory = inv.trajectory
+        with atomic_path(path) as tmp:
+            torch.save([z.detach().cpu() for z in trajectory], tmp)
+    return Palette(trajectory, cond)
+
+
+def build_hooks(name: str, cfg: RunConfig, fitted: Fitted, prompts: list[str], templates: list[str], cond: Conditioning,
+                initial_latents: torch.Tensor, palette: Palette | None) -> list:
+    if name == "none":
+        return []
+    g, c = cfg.guidance, fitted.components
+    appearance_cols = _columns(fitted.tokenizer, prompts, _subject_words(fitted, g.appearance.subject_token), "subject")
+    layout_words = [fitted.subject.class_noun]
+    if not all(token_positions(fitted.tokenizer, p, layout_words) for p in prompts):
+        layout_words = _subject_words(fitted, "identifier")
+    layout_cols = _columns(fitted.tokenizer, prompts, layout_words, "class")
+    template_prompts = [fitted.clip_text(t) for t in templates]
+    with torch.no_grad():
+        tcond = Conditioning(encode_text(c.tokenizer, c.text_encoder, template_prompts).to(c.dtype),
+                             encode_text(c.tokenizer, c.text_encoder, [cfg.sampler.negative_prompt] * len(prompts)).to(c.dtype),
+                             _columns(c.tokenizer, template_prompts, [fitted.subject.class_noun], "class"))
+    guided_cond = Conditioning(cond.cond, cond.uncond, appearance_cols)
+    inputs = GuidanceInputs(fitted.unet, c.unet, lambda: build_scheduler(cfg.sampler.scheduler, c.scheduler_config), guided_cond,
+                            layout_cols, tcond, initial_latents, palette)
+    return [guidances.get(name)(g, inputs, cfg.sampler.steps)]

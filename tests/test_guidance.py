@@ -1,0 +1,153 @@
+import numpy as np
+import ot
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+
+from persobench.datasets import datasets
+from persobench.errors import UserError
+from persobench.guidance.inversion import invert
+from persobench.guidance.layout import smooth
+from persobench.guidance.uremd import cosine_distance, uremd
+from persobench.harness.config import DatasetConfig, ModelConfig, load_config
+from persobench.harness.guided import build_hooks, reference_palette
+from persobench.harness.images import encode_images
+from persobench.harness.models import load_components
+from persobench.harness.runner import run
+from persobench.harness.sampling import Conditioning, encode_text
+from persobench.harness.schedulers import build_scheduler
+from persobench.harness.seeding import initial_noise
+from persobench.methods import methods
+
+
+def test_uremd_matches_brute_force_and_bounds():
+    g = torch.Generator().manual_seed(0)
+    gen, pal = torch.randn(1, 7, 5, generator=g), torch.randn(9, 5, generator=g)
+    ones_g, ones_p = torch.ones(1, 7), torch.ones(9)
+    d = cosine_distance(gen[0], pal).numpy()
+    brute = np.mean([min(d[i, j] for j in range(9)) for i in range(7)])
+    assert uremd(gen, ones_g, pal, ones_p, "gen_to_ref").item() == pytest.approx(brute, abs=1e-6)
+    back = np.mean([min(d[i, j] for i in range(7)) for j in range(9)])
+    assert uremd(gen, ones_g, pal, ones_p, "ref_to_gen").item() == pytest.approx(back, abs=1e-6)
+    emd = ot.emd2(np.full(7, 1 / 7), np.full(9, 1 / 9), d.astype(np.float64))
+    assert uremd(gen, ones_g, pal, ones_p, "both").item() <= emd + 1e-6  # relaxed EMD is a lower bound
+    mask = torch.tensor([[1, 1, 0, 0, 1, 0, 0]], dtype=torch.float32)  # masked features are ignored
+    subset = np.mean([d[i].min() for i in (0, 1, 4)])
+    assert uremd(gen, mask, pal, ones_p).item() == pytest.approx(subset, abs=1e-6)
+
+
+def test_uremd_is_zero_when_generated_features_are_in_the_palette():
+    pal = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    assert uremd(pal[None, [0, 2, 5]], torch.ones(1, 3), pal, torch.ones(6)).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_gaussian_smoothing_equals_scipy():
+    x = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(2))
+    ref = np.stack([gaussian_filter(a, sigma=0.5, mode="mirror", truncate=2.0) for a in x.numpy()])
+    assert np.allclose(smooth(x, 3, 0.5).numpy(), ref, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def components(tiny_model):
+    return load_components(ModelConfig(source=str(tiny_model), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def ball(tmp_path_factory):
+    return next(s for s in datasets.get("toybench")(DatasetConfig()).subjects if s.name == "ball1")
+
+
+def guided_hook(components, ball, tmp_path, *overrides):
+    cfg = load_config(None, ["guidance.name=pick-and-draw", "sampler.steps=6", *overrides])
+    fitted = methods.get("vanilla-sd")({}, components).fit(ball, tmp_path, 0)
+    prompts, templates = [fitted.prompt("a {0} {1} on the beach")] * 2, ["a {0} {1} on the beach"] * 2
+    cond = fitted.encode(prompts)
+    latents = initial_noise([1, 2], components.latent_shape)
+    palette = reference_palette(fitted, cfg, "k", tmp_path / "inv") if cfg.guidance.appearance.enabled else None
+    (hook,) = build_hooks("pick-and-draw", cfg, fitted, prompts, templates, cond, latents, palette)
+    return hook, latents
+
+
+@pytest.mark.parametrize("term", ["appearance", "layout"])
+def test_one_guided_step_lowers_its_loss(components, ball, tmp_path, term):
+    other = "layout" if term == "appearance" else "appearance"
+    hook, z = guided_hook(components, ball, tmp_path, f"guidance.{other}.enabled=false")
+    scheduler = build_scheduler("ddim", components.scheduler_config)
+    scheduler.set_timesteps(6)
+    t = scheduler.timesteps[0]
+    hook.template_latents = initial_noise([7, 8], components.latent_shape)  # a template that differs from z
+    template = hook._template(t, 5.0) if term == "layout" else {}
+    palette = hook._palette(0, t) if term == "appearance" else ([], [])
+    with torch.enable_grad():
+        z0 = z.clone().requires_grad_(True)
+        score, app, lay = hook.score(z0, t, template, palette, torch.float32)
+        (grad,) = torch.autograd.grad(score.sum(), z0)
+        after, app2, lay2 = hook.score(z - 0.1 * grad / grad.abs().max(), t, template, palette, torch.float32)
+    before_loss, after_loss = (app, app2) if term == "appearance" else (lay, lay2)
+    assert (after_loss < before_loss).all(), (before_loss, after_loss)
+
+
+def test_zero_weights_give_bit_identical_images_to_the_plain_loop(make_config):
+    plain = run(make_config("dataset.subjects=[ball1]"))
+    guided = run(make_config("dataset.subjects=[ball1]", "guidance.name=pick-and-draw", "guidance.compare_unguided=false",
+                             "guidance.appearance.weight=0", "guidance.layout.weight=0", "name=guided"))
+    a = pd.read_parquet(plain / "records.parquet")
+    b = pd.read_parquet(guided / "records.parquet")
+    assert set(b["guidance"]) == {"pick-and-draw"}
+    for (_, x), (_, y) in zip(a.iterrows(), b.iterrows()):
+        assert np.array_equal(np.asarray(Image.open(plain.parent.parent / x["image"])),
+                              np.asarray(Image.open(guided.parent.parent / y["image"])))
+
+
+def test_guidance_runs_on_every_method_and_changes_images(make_config):
+    cfg = make_config("methods=[vanilla-sd, textual-inversion, dreambooth-lora]", "dataset.subjects=[cat1]",
+                      "method_params={textual-inversion: {steps: 2, batch_size: 2}, dreambooth-lora: {steps: 2, batch_size: 2, rank: 2}}",
+                      "guidance.name=pick-and-draw", "guidance.step_size=[200, 100]")
+    point = run(cfg)
+    frame = pd.read_parquet(point / "records.parquet")
+    assert frame.groupby(["method", "guidance"]).size().to_dict() == {
+        (m, g): 4 for m in ("vanilla-sd", "textual-inversion", "dreambooth-lora") for g in ("none", "pick-and-draw")}
+    root = point.parent.parent
+    for method, rows in frame.groupby("method"):
+        off = rows[rows["guidance"] == "none"].sort_values(["prompt_index", "index"])
+        on = rows[rows["guidance"] == "pick-and-draw"].sort_values(["prompt_index", "index"])
+        assert (off["seed"].to_numpy() == on["seed"].to_numpy()).all()  # same initial noise
+        diff = [np.abs(np.asarray(Image.open(root / a), int) - np.asarray(Image.open(root / b), int)).mean()
+                for a, b in zip(off["image"], on["image"])]
+        assert max(diff) > 0.5, method
+
+
+def test_null_text_inversion_reconstructs_better_than_ddim(components, ball):
+    c = components
+    z0 = encode_images(c, ball.images()[:1])
+    prompt = ["a photo of a ball"]
+    cond = Conditioning(encode_text(c.tokenizer, c.text_encoder, prompt), encode_text(c.tokenizer, c.text_encoder, [""]))
+    errors = {}
+    for kind in ("ddim", "null_text"):
+        inv = invert(c.unet, build_scheduler("ddim", c.scheduler_config), z0, cond, 8, 5.0, kind, iterations=10, lr=1e-2)
+        errors[kind] = float((inv.reconstruction - z0).pow(2).mean())
+        assert len(inv.trajectory) == 8
+    assert errors["null_text"] < errors["ddim"], errors
+
+
+@pytest.mark.parametrize("override, message", [
+    ("guidance.appearance.tau=1.5", "tau must be in (0, 1)"),
+    ("guidance.appearance.layers=[up_blocks.7.attn2]", "unknown cross-attention layer or group"),
+    ("guidance.appearance.subject_token=identifier", "has no identifier"),
+    ("guidance.steps=[0.6, 0.2]", "guidance.steps must be"),
+    ("guidance.name=pick-and-paint", "unknown guidance 'pick-and-paint'"),
+])
+def test_guidance_bad_settings(make_config, override, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run(make_config("dataset.subjects=[ball1]", "guidance.name=pick-and-draw", override))
+
+
+def test_prompt_without_subject_is_refused(components, ball, tmp_path):
+    cfg = load_config(None, ["guidance.name=pick-and-draw", "sampler.steps=4"])
+    fitted = methods.get("vanilla-sd")({}, components).fit(ball, tmp_path, 0)
+    prompts = ["a photo of the beach"]
+    with pytest.raises(UserError, match="has no subject token"):
+        build_hooks("pick-and-draw", cfg, fitted, prompts, ["a photo of the beach"], fitted.encode(prompts),
+                    initial_noise([1], components.latent_shape), None)
