@@ -99,3 +99,14 @@ def test_dry_run_of_the_paper_config_counts_the_full_protocol(capsys, dreambench
     out = capsys.readouterr().out
     assert "30 subjects" in out and "9000 images x 50 steps" in out and "27000 metric passes" in out
     assert "'textual-inversion': 30" in out and "GPU-hours" in out
+
+
+def test_ablation_configs_expand_to_their_grids(capsys, dreambench):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "configs" / "paper"
+    assert main(["run", "--dry-run", str(root / "ablation_loss_terms.yaml"), f"dataset.path={dreambench}"]) == 0
+    assert capsys.readouterr().out.count("point ") == 4
+    assert main(["run", "--dry-run", str(root / "ablation_layers.yaml"), f"dataset.path={dreambench}"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("point ") == 15 and "guidance-appearance-layers-up-mid" in out

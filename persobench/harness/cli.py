@@ -35,7 +35,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config_file, overrides = _split_overrides(args.items)
     config_file = config_file or str(DEFAULT_CONFIG)
-    grid = expand_sweep(args.sweep) if args.sweep else [[]]
+    sweeps = load_config(config_file, overrides).sweep + args.sweep
+    grid = expand_sweep(sweeps) if sweeps else [[]]
     configs = [(point, load_config(config_file, overrides + point)) for point in grid]  # validate all points first
     if args.dry_run:
         from .worklist import UNIT_SECONDS, work_list

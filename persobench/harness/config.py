@@ -130,6 +130,7 @@ class RunConfig:
     dataset: DatasetConfig = dataclasses.field(default_factory=DatasetConfig)
     guidance: GuidanceConfig = dataclasses.field(default_factory=GuidanceConfig)
     metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
+    sweep: list[str] = dataclasses.field(default_factory=list)  # ["key=v1,v2", ...]: a grid of run points
     report: ReportConfig = dataclasses.field(default_factory=ReportConfig)
 
 
@@ -308,6 +309,21 @@ def stable_hash(obj: Any, n: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside brackets, so list values can be swept: 'a=[x, y],[z]'."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    parts.append(current.strip())
+    return parts
+
+
 def expand_sweep(specs: list[str]) -> list[list[str]]:
     """['a=1,2', 'b=x,y'] -> the grid of override lists [['a=1','b=x'], ['a=1','b=y'], ...]."""
     grid: list[list[str]] = [[]]
@@ -315,7 +331,7 @@ def expand_sweep(specs: list[str]) -> list[list[str]]:
         if "=" not in spec:
             raise UserError(f"sweep {spec!r} must look like key=v1,v2,...")
         key, values = spec.split("=", 1)
-        options = [v for v in values.split(",") if v != ""]
+        options = [v for v in _split_top_level(values) if v != ""]
         if not options:
             raise UserError(f"sweep {spec!r} lists no values")
         grid = [point + [f"{key}={v}"] for point in grid for v in options]
