@@ -55,7 +55,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             out = run(cfg, _point_name(point), progress=bar)
             bar.console.print(f"[green]point {_point_name(point)} done[/]: {out}")
     from ..reports.build import build_run_report
+    from .distributed import current_shard
 
+    if not current_shard().is_main:
+        return 0
     cfg = configs[0][1]
     page = build_run_report(Path(cfg.store) / cfg.name, args.wandb or cfg.report.wandb)
     print(f"report: {page}")

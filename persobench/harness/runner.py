@@ -23,6 +23,7 @@ from ..guidance import Palette, guidances
 from ..methods import Fitted, methods
 from .atomic import write_json, write_parquet, write_yaml
 from .config import RunConfig, stable_hash, to_dict
+from .distributed import current_shard
 from .guided import build_hooks, guidance_signature, reference_palette
 from .models import SDComponents, load_components
 from .sampling import decode, denoise
@@ -133,31 +134,56 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
     components = load_components(cfg.model)
     store = RunStore(Path(cfg.store) / cfg.name)
     point_dir = store.point_dir(point)
-    write_yaml(point_dir / "config.yaml", to_dict(cfg))
-    records: list[dict[str, Any]] = []
+    if current_shard().is_main:
+        write_yaml(point_dir / "config.yaml", to_dict(cfg))
+    shard = current_shard()
     bar = progress or progress_bar()
+    if not shard.is_main:
+        bar.disable = True
+    units = [(m, make, s) for m, make in zip(cfg.methods, personalizer_types) for s in subjects]
+    personalizers: dict[str, Any] = {}
+
+    def personalizer_for(method_name: str, make) -> Any:
+        if method_name not in personalizers:
+            personalizers[method_name] = make(cfg.method_params.get(method_name, {}), components)
+        return personalizers[method_name]
+
     with bar if progress is None else contextlib.nullcontext():
-        for method_name, make in zip(cfg.methods, personalizer_types):
-            personalizer = make(cfg.method_params.get(method_name, {}), components)
-            task = bar.add_task(f"{method_name}", total=len(subjects))
-            for subject in subjects:
-                fitted, fit_key = fit_subject(store, personalizer, components, subject, cfg.seed, bar)
-                for guidance in guidance_settings(cfg):
-                    sample_key = stable_hash(sample_signature(cfg, components, fit_key, guidance))
-                    jobs = image_jobs(cfg, bench, store, method_name, subject, sample_key)
-                    pending = [j for j in jobs if not store.is_done(j.path)]
-                    palette = None
-                    if pending and guidance != "none" and cfg.guidance.appearance.enabled:
-                        palette = reference_palette(fitted, cfg, fit_key, store.root / "cache" / "inversions")
-                    for batch in chunks(pending, cfg.sampler.batch_size):
-                        started = time.perf_counter()
-                        prompts, images = generate(fitted, cfg, batch, guidance, palette)
-                        per_image = (time.perf_counter() - started) / len(batch)
-                        for job, prompt, image in zip(batch, prompts, images):
+        mine = shard.split(units)
+        task = bar.add_task("fit", total=len(mine))
+        for method_name, make, subject in mine:  # fit jobs by (method, subject)
+            fit_subject(store, personalizer_for(method_name, make), components, subject, cfg.seed, bar)
+            bar.advance(task)
+        shard.barrier()
+        task = bar.add_task("sample", total=len(units))
+        all_jobs: list[ImageJob] = []
+        for method_name, make, subject in units:  # sample jobs by image
+            fitted, fit_key = fit_subject(store, personalizer_for(method_name, make), components, subject, cfg.seed, bar)
+            for guidance in guidance_settings(cfg):
+                sample_key = stable_hash(sample_signature(cfg, components, fit_key, guidance))
+                jobs = image_jobs(cfg, bench, store, method_name, subject, sample_key)
+                all_jobs += jobs
+                # Batches are cut from the full job list, so an image's batch-mates (and hence its last
+                # bits under batched BLAS) never depend on what was already done or on the process count.
+                # Split the full batch list (the same on every process), then skip what is done.
+                mine = [b for b in shard.split(list(chunks(jobs, cfg.sampler.batch_size)))
+                        if not all(store.is_done(j.path) for j in b)]
+                palette = None
+                if mine and guidance != "none" and cfg.guidance.appearance.enabled:
+                    palette = reference_palette(fitted, cfg, fit_key, store.root / "cache" / "inversions")
+                for batch in mine:
+                    started = time.perf_counter()
+                    prompts, images = generate(fitted, cfg, batch, guidance, palette)
+                    per_image = (time.perf_counter() - started) / len(batch)
+                    for job, prompt, image in zip(batch, prompts, images):
+                        if not store.is_done(job.path):
                             record = _record(store, job, fitted, prompt, fit_key, sample_key, per_image, guidance)
                             store.save_image(job.path, image, record)
-                    records += [store.read_record(j.path) for j in jobs]
-                bar.advance(task)
+            bar.advance(task)
+        shard.barrier()
+    if not shard.is_main:
+        return point_dir
+    records = [store.read_record(j.path) for j in all_jobs]
     frame = pd.DataFrame.from_records(records)
     write_parquet(point_dir / "records.parquet", frame)
     if cfg.metrics.names:

@@ -1,0 +1,87 @@
+"""Scale and reliability: sharded runs, repeated SIGKILL + resume, concurrent runs on one store."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ARGS = ["dataset.subjects=[ball1, cat1]", "dataset.max_prompts=3", "dataset.images_per_prompt=2", "sampler.steps=12",
+        "sampler.batch_size=2", "metrics.names=[]", "report.wandb=disabled", "methods=[vanilla-sd, textual-inversion]",
+        "method_params={textual-inversion: {steps: 3, batch_size: 2}}"]
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def artefacts(run_root: Path) -> dict[str, object]:
+    """Everything a run stores except timings: image bytes, fit files, records without 'seconds'."""
+    out: dict[str, object] = {}
+    for p in sorted(run_root.rglob("*")):
+        rel = p.relative_to(run_root).as_posix()
+        if not p.is_file() or rel.startswith(("points", "report", "cache")) or p.name.endswith(".lock"):
+            continue
+        if p.suffix == ".json" and rel.startswith("images"):
+            out[rel] = {k: v for k, v in json.loads(p.read_text()).items() if k != "seconds"}
+        else:
+            out[rel] = p.read_bytes()
+    return out
+
+
+def command(tiny_model: Path, store: Path, launcher: list[str] | None = None) -> list[str]:
+    prefix = launcher or [sys.executable, "-m"]
+    return [*prefix, "persobench", "run", f"model.source={tiny_model}", f"store={store}", *ARGS]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model, tmp_path_factory) -> dict[str, object]:
+    store = tmp_path_factory.mktemp("reference")
+    subprocess.run(command(tiny_model, store), env=ENV, check=True, capture_output=True)
+    return artefacts(store / "default")
+
+
+def test_two_processes_produce_the_same_store_as_one(tiny_model, tmp_path, reference):
+    torchrun = shutil.which("torchrun")
+    assert torchrun, "torchrun ships with torch"
+    store = tmp_path / "sharded"
+    launcher = [torchrun, "--nproc-per-node=2", f"--master-port={29500 + random.randrange(400)}", "-m"]
+    done = subprocess.run(command(tiny_model, store, launcher), env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert artefacts(store / "default") == reference
+    frame = pd.read_parquet(store / "default" / "points" / "main" / "records.parquet")
+    assert len(frame) == 24 and frame["image"].is_unique
+
+
+def test_ten_kills_and_resumes_end_identical(tiny_model, tmp_path, reference):
+    store = tmp_path / "killed"
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(10):
+        proc = subprocess.Popen(command(tiny_model, store), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(4.0, 9.0))  # import, load, fit and sample take ~6-12 s here: kills land everywhere
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        assert not [p for p in store.rglob("*") if p.name.endswith(".tmp")], "a half-written file survived a kill"
+    assert kills >= 5
+    assert subprocess.run(command(tiny_model, store), env=ENV, capture_output=True).returncode == 0
+    assert artefacts(store / "default") == reference
+    frame = pd.read_parquet(store / "default" / "points" / "main" / "records.parquet")
+    assert len(frame) == 24 and frame["image"].is_unique
+
+
+def test_two_concurrent_runs_on_one_store(tiny_model, tmp_path, reference):
+    store = tmp_path / "shared"
+    procs = [subprocess.Popen(command(tiny_model, store), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+    assert artefacts(store / "default") == reference
+    assert len(list((store / "default" / "fits").rglob("learned_embeds.safetensors"))) == 2
