@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 ARGS = ["dataset.subjects=[ball1, cat1]", "dataset.max_prompts=3", "dataset.images_per_prompt=2", "sampler.steps=12",
         "sampler.batch_size=2", "metrics.names=[]", "report.wandb=disabled", "methods=[vanilla-sd, textual-inversion]",
@@ -68,9 +69,14 @@ def test_ten_kills_and_resumes_end_identical(tiny_model, tmp_path, reference):
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
-        assert not [p for p in store.rglob("*") if p.name.endswith(".tmp")], "a half-written file survived a kill"
+        # every complete-looking file is whole: PNGs decode, records parse (temp files are swept on the next start)
+        for png in store.rglob("images/**/*.png"):
+            Image.open(png).load()
+        for record in store.rglob("images/**/*.json"):
+            json.loads(record.read_text())
     assert kills >= 5
     assert subprocess.run(command(tiny_model, store), env=ENV, capture_output=True).returncode == 0
+    assert not [p for p in store.rglob("*") if p.name.endswith(".tmp")], "a half-written temp file survived"
     assert artefacts(store / "default") == reference
     frame = pd.read_parquet(store / "default" / "points" / "main" / "records.parquet")
     assert len(frame) == 24 and frame["image"].is_unique

@@ -7,6 +7,7 @@ new one. Temp names carry the pid so two writers never share one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -16,18 +17,51 @@ from typing import Any
 
 import yaml
 
+from ..errors import UserError
+
+TEMP_SUFFIX = ".tmp"
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yields a temp path beside `path`; on success it replaces `path`, on error it is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Yields a temp path beside `path`; on success it replaces `path`, on error it is removed.
+
+    A full disk or a read-only store becomes a one-line `UserError` naming the file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"no space left on the device writing '{path}'; free space or pass store=<a larger disk>") from None
+        if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise UserError(f"cannot write '{path}' ({os.strerror(e.errno)}); pass store=<a writable folder>") from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temps(root: Path) -> int:
+    """Delete temp files left by killed writers (their pid is gone); returns how many."""
+    removed = 0
+    for p in root.rglob(f".*{TEMP_SUFFIX}") if root.is_dir() else []:
+        pid = p.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_bytes(path: Path, data: bytes) -> None:

@@ -68,6 +68,22 @@ def reference_palette(fitted: Fitted, cfg: RunConfig, fit_key: str, cache_dir: P
     return Palette(trajectory, cond)
 
 
+def check_guidance(name: str, cfg: RunConfig, fitted: Fitted, templates: list[str]) -> None:
+    """Fail before any image is sampled: layer names exist, every prompt names the subject."""
+    if name == "none":
+        return
+    from .attention import select_layers
+
+    g = cfg.guidance
+    if g.appearance.enabled:
+        select_layers(fitted.unet, g.appearance.layers)
+    if g.layout.enabled:
+        select_layers(fitted.unet, g.layout.layers)
+    prompts = [fitted.prompt(t) for t in templates]
+    _columns(fitted.tokenizer, prompts, _subject_words(fitted, g.appearance.subject_token), "subject")
+    _columns(fitted.components.tokenizer, [fitted.clip_text(t) for t in templates], [fitted.subject.class_noun], "class")
+
+
 def build_hooks(name: str, cfg: RunConfig, fitted: Fitted, prompts: list[str], templates: list[str], cond: Conditioning,
                 initial_latents: torch.Tensor, palette: Palette | None) -> list:
     if name == "none":

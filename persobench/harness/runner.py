@@ -21,10 +21,10 @@ from ..datasets import Subject, datasets, select_subjects
 from ..errors import UserError
 from ..guidance import Palette, guidances
 from ..methods import Fitted, methods
-from .atomic import write_json, write_parquet, write_yaml
+from .atomic import remove_stale_temps, write_json, write_parquet, write_yaml
 from .config import RunConfig, stable_hash, to_dict
 from .distributed import current_shard
-from .guided import build_hooks, guidance_signature, reference_palette
+from .guided import build_hooks, check_guidance, guidance_signature, reference_palette
 from .models import SDComponents, load_components
 from .sampling import decode, denoise
 from .schedulers import build_scheduler
@@ -131,10 +131,14 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
     guidance_settings(cfg)
     bench = datasets.get(cfg.dataset.name)(cfg.dataset)
     subjects = select_subjects(bench, cfg.dataset)
+    for subject in subjects:  # every reference image decodes, before any work
+        subject.images()
+    check_metrics(cfg)
     components = load_components(cfg.model)
     store = RunStore(Path(cfg.store) / cfg.name)
     point_dir = store.point_dir(point)
     if current_shard().is_main:
+        remove_stale_temps(store.root)  # what a SIGKILL mid-write left behind
         write_yaml(point_dir / "config.yaml", to_dict(cfg))
     shard = current_shard()
     bar = progress or progress_bar()
@@ -152,7 +156,9 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
         mine = shard.split(units)
         task = bar.add_task("fit", total=len(mine))
         for method_name, make, subject in mine:  # fit jobs by (method, subject)
-            fit_subject(store, personalizer_for(method_name, make), components, subject, cfg.seed, bar)
+            fitted, _ = fit_subject(store, personalizer_for(method_name, make), components, subject, cfg.seed, bar)
+            for guidance in guidance_settings(cfg):
+                check_guidance(guidance, cfg, fitted, [j.template for j in image_jobs(cfg, bench, store, method_name, subject, "x")])
             bar.advance(task)
         shard.barrier()
         task = bar.add_task("sample", total=len(units))
@@ -192,6 +198,21 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
 
     write_summary(store.root, point_dir)
     return point_dir
+
+
+def check_metrics(cfg: RunConfig) -> None:
+    from ..reports.metrics.backbones import backbones
+    from ..reports.metrics.scores import metrics
+
+    for name in cfg.metrics.names:
+        metrics.get(name)
+    for field in ("dino_backbone", "clip_backbone"):
+        name = getattr(cfg.metrics, field)
+        if name.startswith(("clip:", "dino:")):
+            if not Path(name.split(":", 1)[1]).is_dir():
+                raise UserError(f"metrics.{field}: folder '{name.split(':', 1)[1]}' does not exist")
+        else:
+            backbones.get(name)
 
 
 def score(cfg: RunConfig, frame: pd.DataFrame, store: RunStore, point_dir: Path, bench, subjects: list[Subject]) -> pd.DataFrame:
