@@ -175,6 +175,11 @@ def cmd_toyworld(args: argparse.Namespace) -> int:
         names = ["vae", "t2i", "clip", "dino", "oracle"] if args.stage == "all" else args.stage.split(",")
         results = evaluate_all(names)
         print(json.dumps(results, indent=2))
+        if args.write_cards:
+            from ..datasets.toyworld.cards import write_cards
+
+            for card in write_cards(Path(args.out or ASSETS), results, Path(args.work)):
+                print(f"wrote {card}")
         if args.json:
             from .atomic import write_json
 
@@ -233,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="one-minute configuration of the same code (tests)")
     p.add_argument("--max-steps", type=int, default=None, help="stop the t2i stage after this many steps this run")
     p.add_argument("--json", default=None, help="eval: also write the figures to this JSON file")
+    p.add_argument("--write-cards", action="store_true", help="eval: write MODEL_CARD.md beside each model")
     p.set_defaults(func=cmd_toyworld)
     return parser
 

@@ -1,0 +1,82 @@
+"""MODEL_CARD.md for each toy-world model, from `toyworld eval` figures and the training logs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ...harness.atomic import write_text
+
+TRAIN = "persobench toyworld train --stage {stage} --work training/toyworld   # resumable; add --smoke for the 1-minute test run"
+DATA = ("Procedurally rendered 64x64 toy-world scenes (`persobench/datasets/toyworld/render.py`), training seeds from "
+        "1,000,000 (held-out evaluation seeds from 9,000,000); 5 classes (ball, box, vase, cup, live class cat), "
+        "10 colours, 4 patterns x 2 scales, 9 contexts, shiny property, hat/glasses accessories.")
+
+MODELS = {
+    "sd": ("Toy text-to-image model (Stable Diffusion architecture)", "vae,t2i",
+           "diffusers `StableDiffusionPipeline.from_pretrained(path)`; AutoencoderKL (64x64x3 -> 16x16x4, latents standardised "
+           "per channel inside its 1x1 convs), CLIPTextModel + local CLIPTokenizer (whole-word BPE), UNet2DConditionModel "
+           "(32/64/128 channels, cross-attention at 16x16 and 8x8), v-prediction, DDIM shipped with clip_sample=False, "
+           "set_alpha_to_one=False, steps_offset=1. EMA weights, fp16 on disk. Captions omit attributes at random; 10% caption "
+           "dropout. No auxiliary attention-localisation loss was used."),
+    "clip": ("Toy CLIP (open_clip)", "clip",
+             "open_clip `create_model_and_transforms('local-dir:<folder>')`: ViT image tower (64 px, patch 8, width 128, 4 layers) "
+             "+ CLIP BPE text tower (width 128, 3 layers), contrastive loss on rendered image-caption pairs (60% full captions)."),
+    "dino": ("Toy DINO (timm ViT)", "dino",
+             "timm `create_model('local-dir:<folder>', pretrained=True)`: ViT (64 px, patch 8, width 128, depth 4), trained "
+             "instance-discriminatively (NT-Xent): two renders of one instance in other poses/contexts are positives."),
+    "oracle": ("Toy oracle (timm ResNet classifier)", "oracle",
+               "timm resnet10t with one softmax head per attribute (class, primary, secondary, pattern, context, accessory); "
+               "heads listed in config.json. Reads ground-truth attributes off any 64 px image."),
+}
+
+
+def parameter_count(folder: Path) -> int:
+    from safetensors.torch import load_file
+
+    return sum(t.numel() for f in folder.rglob("*.safetensors") for t in load_file(f).values())
+
+
+def training_minutes(log: Path, stage: str) -> float | None:
+    """Sum of 'steps / rate' over the progress lines a stage printed (rates are per this machine)."""
+    if not log.is_file():
+        return None
+    pattern = re.compile(rf"\[{stage}\] step (\d+)/\d+ loss [\d.]+ ([\d.]+) it/s")
+    last, seconds = 0, 0.0
+    for m in pattern.finditer(log.read_text()):
+        step, rate = int(m.group(1)), float(m.group(2))
+        if step > last and rate > 0:
+            seconds += (step - last) / rate
+        last = step if step > last else step
+    return seconds / 60 if seconds else None
+
+
+def write_cards(assets: Path, figures: dict, work: Path) -> list[Path]:
+    paths = []
+    logs = {"sd": ("train.log", ["vae", "t2i"]), "clip": ("train-evaluators.log", ["clip"]),
+            "dino": ("train-evaluators.log", ["dino"]), "oracle": ("train-evaluators.log", ["oracle"])}
+    for name, (title, stage, arch) in MODELS.items():
+        folder = assets / name
+        if not folder.is_dir():
+            continue
+        log, stages = logs[name]
+        minutes = {s: training_minutes(work / log, s) for s in stages}
+        lines = [f"# {title}", "", f"**Data.** {DATA}", "", f"**Architecture and loading.** {arch}", "",
+                 f"**Parameters.** {parameter_count(folder):,}", "",
+                 f"**Training command.** `{TRAIN.format(stage=stage)}`", "",
+                 "**Training time (one CPU core, shared machine).** "
+                 + ", ".join(f"{s}: {m:.0f} min" if m else f"{s}: not logged" for s, m in minutes.items()), ""]
+        if name == "sd" and (folder / "TRAINED_STEPS").is_file():
+            lines += [f"**UNet steps trained.** {(folder / 'TRAINED_STEPS').read_text().strip()} (schedule horizon 40,000)", ""]
+        lines += ["## Measured (`persobench toyworld eval`, held-out seeds)", "", "```json",
+                  json.dumps({k: v for k, v in figures.items() if _belongs(k, name)}, indent=2), "```", ""]
+        path = folder / "MODEL_CARD.md"
+        write_text(path, "\n".join(lines))
+        paths.append(path)
+    return paths
+
+
+def _belongs(key: str, model: str) -> bool:
+    return {"sd": key.startswith(("vae", "generator", "attention", "t2i")), "clip": key.startswith("clip"),
+            "dino": key.startswith("dino"), "oracle": key.startswith("oracle")}[model]

@@ -1,0 +1,80 @@
+"""The shipped toy-world models load offline through the libraries' own loaders, and the training
+code's smoke configuration reproduces loadable models of every stage."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from persobench.harness.models import ASSETS
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_text_to_image_model_loads_in_plain_diffusers_and_samples():
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(ASSETS / "sd", torch_dtype=torch.float32)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.scheduler.config.clip_sample is False and pipe.scheduler.config.prediction_type == "v_prediction"
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a red ball on the beach", num_inference_steps=4, height=64, width=64, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.shape == (64, 64, 3) and np.isfinite(image).all() and image.std() > 0.02
+    assert len(pipe.tokenizer("a sks cat wearing pink glasses").input_ids) == 8  # whole-word tokens
+
+
+def test_clip_loads_with_open_clip_and_ranks_its_caption_first():
+    import open_clip
+
+    from persobench.datasets.toyworld.render import render
+    from persobench.datasets.toyworld.training.common import to_tensor
+    from persobench.datasets.toyworld.world import Identity, Pose, Scene
+
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{ASSETS / 'clip'}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{ASSETS / 'clip'}")
+    scene = Scene(Identity("ball", "red", "white", "plain", "coarse", 0.0), Pose(0.5, 0.55, 0.3, 0.0, False), "beach", seed=1)
+    x = to_tensor(render(scene).image[None])
+    with torch.no_grad():
+        img = model.encode_image(x)
+        txt = model.encode_text(tokenizer(["a red ball on the beach", "a blue cup in the snow", "a green cat at night"]))
+    assert (img @ txt.T).argmax().item() == 0
+
+
+@pytest.mark.parametrize("name", ["dino", "oracle"])
+def test_timm_models_load_offline(name):
+    import timm
+
+    model = timm.create_model(f"local-dir:{ASSETS / name}", pretrained=True).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, 64, 64))
+    config = json.loads((ASSETS / name / "config.json").read_text())
+    assert out.shape[0] == 2 and out.shape[1] == config["num_classes"] or config["num_classes"] == 0
+    if name == "oracle":
+        assert sum(len(v) for v in config["heads"].values()) == out.shape[1]
+
+
+@pytest.mark.parametrize("name", ["sd", "clip", "dino", "oracle"])
+def test_every_model_has_a_card_with_figures(name):
+    card = (ASSETS / name / "MODEL_CARD.md").read_text()
+    assert "Training command" in card and "Parameters" in card and "```json" in card
+
+
+def test_smoke_training_of_the_generator_gives_a_loadable_pipeline(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from persobench.datasets.toyworld.training.stages import run_stages
+
+    run_stages("vae,t2i", tmp_path / "out", tmp_path / "work", smoke=True)
+    assert (tmp_path / "work" / "t2i.ckpt").is_file() and (tmp_path / "work" / "t2i.loss.jsonl").is_file()
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "out" / "sd")
+    assert pipe.unet.config.sample_size == 16
+    # a finished stage resumed from its checkpoint trains no step again (a restart would log them anew)
+    lines_before = (tmp_path / "work" / "t2i.loss.jsonl").read_text().splitlines()
+    run_stages("t2i", tmp_path / "out", tmp_path / "work", smoke=True)
+    assert (tmp_path / "work" / "t2i.loss.jsonl").read_text().splitlines() == lines_before
+    assert json.loads(lines_before[-1])["step"] == 30
