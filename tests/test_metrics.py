@@ -79,3 +79,14 @@ def test_bootstrap_interval_narrows_with_more_data():
     small = bootstrap_ci(rng.normal(size=10), 500)
     large = bootstrap_ci(rng.normal(size=1000), 500)
     assert (large[1] - large[0]) < (small[1] - small[0])
+
+
+def test_published_reference_rows_for_real_scale_tables():
+    from persobench.reports.tables import paper_layout
+
+    frame = pd.DataFrame({"method": ["dreambooth-lora"], "guidance": ["none"], "kind": ["object"], "subject": ["dog"],
+                          "prompt_template": ["p"], "dino": [0.6], "clip_i": [0.7], "clip_t": [0.3]})
+    layout = paper_layout(aggregate(frame, 0), published=True)
+    row = layout[layout["Method"].str.contains("DreamBooth")].iloc[0]
+    assert (row["DINO"], row["CLIP-I"], row["CLIP-T"]) == ("0.668", "0.803", "0.305")
+    assert len(paper_layout(aggregate(frame, 0))) == 1

@@ -41,7 +41,8 @@ def build_run_report(run_root: Path, wandb_mode: str | None = None) -> Path:
         table = pd.concat(frames, ignore_index=True)
         with atomic_path(out / "table.csv") as tmp:
             table.to_csv(tmp, index=False)
-        layout = pd.concat([paper_layout(f).assign(Point=f["point"].iloc[0]) for f in frames], ignore_index=True)
+        real_scale = config["dataset"]["name"] == "dreambench" and not config["metrics"]["dino_backbone"].startswith(("toy", "dino:"))
+        layout = pd.concat([paper_layout(f, real_scale).assign(Point=f["point"].iloc[0]) for f in frames], ignore_index=True)
         if len(points) == 1:
             layout = layout.drop(columns="Point")
         write_text(out / "table.md", markdown_table(layout) + "\n")

@@ -19,6 +19,15 @@ METRIC_COLUMNS = ["dino", "clip_i", "clip_t", "oracle_identity", "oracle_context
 LABELS = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "oracle_identity": "Oracle-ID", "oracle_context": "Oracle-Ctx"}
 KEYS = ["method", "guidance"]
 
+# Published DreamBench numbers (DINO, CLIP-I, CLIP-T), shown beside real-scale runs. Transcribed from
+# Ruiz et al. 2023 (DreamBooth, Table 1) and Li et al. 2023 (BLIP-Diffusion); not re-verified here.
+PUBLISHED = {
+    "DreamBooth (SD) [Ruiz et al. 2023]": (0.668, 0.803, 0.305),
+    "Textual Inversion [Ruiz et al. 2023]": (0.569, 0.780, 0.255),
+    "BLIP-Diffusion zero-shot [Li et al. 2023]": (0.594, 0.779, 0.300),
+    "Real images [Ruiz et al. 2023]": (0.774, 0.885, float("nan")),
+}
+
 
 def bootstrap_ci(values: np.ndarray, n: int, seed: int = 0) -> tuple[float, float]:
     values = values[~np.isnan(values)]
@@ -51,13 +60,23 @@ def _fmt(row: pd.Series, m: str) -> str:
     return f"{row[m]:.3f} ± {half:.3f}" if np.isfinite(half) else f"{row[m]:.3f}"
 
 
-def paper_layout(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows = method (each without / with guidance), columns = metrics, overall split."""
+def paper_layout(table: pd.DataFrame, published: bool = False) -> pd.DataFrame:
+    """Rows = method (each without / with guidance), columns = metrics, overall split; with
+    `published`, the published DreamBench rows follow (real-scale runs only)."""
     overall = table[table["split"] == "all"]
     metrics = [m for m in METRIC_COLUMNS if m in overall.columns]
     out = pd.DataFrame({"Method": overall["method"], "Guidance": overall["guidance"]})
     for m in metrics:
         out[LABELS[m]] = [_fmt(r, m) for _, r in overall.iterrows()]
+    if published:
+        rows = []
+        for name, values in PUBLISHED.items():
+            row = {"Method": f"published: {name}", "Guidance": "–"}
+            for m in metrics:
+                idx = ["dino", "clip_i", "clip_t"].index(m) if m in ("dino", "clip_i", "clip_t") else None
+                row[LABELS[m]] = "–" if idx is None or np.isnan(values[idx]) else f"{values[idx]:.3f}"
+            rows.append(row)
+        out = pd.concat([out, pd.DataFrame(rows)], ignore_index=True)
     return out.reset_index(drop=True)
 
 
