@@ -31,13 +31,19 @@ def _point_name(overrides: list[str]) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import expand_sweep, load_config
-    from .runner import progress_bar, run
 
     config_file, overrides = _split_overrides(args.items)
     config_file = config_file or str(DEFAULT_CONFIG)
     sweeps = load_config(config_file, overrides).sweep + args.sweep
     grid = expand_sweep(sweeps) if sweeps else [[]]
     configs = [(point, load_config(config_file, overrides + point)) for point in grid]  # validate all points first
+    if not args.dry_run:
+        from .sources import resolve_source
+
+        for _, cfg in configs:  # a missing model fails here, before the heavy imports below
+            resolve_source(cfg.model.source, cfg.model.local_files_only)
+    from .runner import progress_bar, run
+
     if args.dry_run:
         from .worklist import UNIT_SECONDS, work_list
 
@@ -140,7 +146,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .models import EMBEDDED
+    from .sources import EMBEDDED
 
     for pkg in ("torch", "torchvision", "diffusers", "transformers", "open_clip_torch", "timm", "accelerate", "peft"):
         try:
@@ -161,7 +167,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_toyworld(args: argparse.Namespace) -> int:
-    from .models import ASSETS
+    from .sources import ASSETS
 
     if args.action == "train":
         from ..datasets.toyworld.training.stages import run_stages

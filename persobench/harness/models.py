@@ -12,30 +12,25 @@ import functools
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from diffusers.utils import logging as diffusers_logging
-from transformers import CLIPTextModel, CLIPTokenizer
-from transformers.utils import logging as transformers_logging
 
 from ..errors import UserError
 from .config import ModelConfig
+from .sources import ASSETS, EMBEDDED, resolve_source  # noqa: F401  (re-exported)
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "toyworld"
-EMBEDDED = {"toyworld": ASSETS / "sd"}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-REQUIRED = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 @dataclasses.dataclass
 class SDComponents:
     """A base model's parts, on one device and dtype; `fingerprint` keys every cached artefact."""
 
-    vae: AutoencoderKL
-    unet: UNet2DConditionModel
-    text_encoder: CLIPTextModel
-    tokenizer: CLIPTokenizer
+    vae: Any  # diffusers AutoencoderKL
+    unet: Any  # diffusers UNet2DConditionModel
+    text_encoder: Any  # transformers CLIPTextModel
+    tokenizer: Any  # transformers CLIPTokenizer
     scheduler_config: dict
     path: Path
     fingerprint: str
@@ -66,43 +61,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_source(source: str, local_files_only: bool = True) -> Path:
-    """A folder holding a diffusers Stable Diffusion pipeline, or a clear error saying what to pass."""
-    if source in EMBEDDED:
-        path = EMBEDDED[source]
-        if not (path / "model_index.json").is_file():
-            raise UserError(
-                f"the embedded model '{source}' is not in this install ({path}); "
-                "train it with `persobench toyworld train --stage vae,t2i` or pass model.source=<diffusers folder>"
-            )
-        return path
-    path = Path(source).expanduser()
-    if path.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
-        if not path.is_dir():
-            raise UserError(f"model folder '{source}' does not exist; pass model.source=<diffusers folder> or a hub id")
-        return _check_folder(path, source)
-    try:
-        from huggingface_hub import snapshot_download
-
-        local = snapshot_download(source, local_files_only=local_files_only)
-    except Exception:
-        raise UserError(
-            f"model '{source}' is not in the local Hugging Face cache; download it on a connected machine "
-            f"(`hf download {source}`) or pass model.source=/path/to/diffusers/folder"
-        ) from None
-    return _check_folder(Path(local), source)
-
-
-def _check_folder(path: Path, source: str) -> Path:
-    missing = [p for p in REQUIRED if not (path / p).exists()]
-    if missing:
-        raise UserError(
-            f"model folder '{source}' is not a diffusers Stable Diffusion pipeline (missing {', '.join(missing)}); "
-            "pass a folder saved with StableDiffusionPipeline.save_pretrained"
-        )
-    return path
-
-
 def fingerprint(path: Path) -> str:
     """Hash of configs, file sizes, and the content of weight files under 256 MB."""
     h = hashlib.sha256()
@@ -119,6 +77,11 @@ def fingerprint(path: Path) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _load(path: str, device: str, dtype_name: str) -> SDComponents:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.utils import logging as diffusers_logging
+    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers.utils import logging as transformers_logging
+
     p, dtype, dev = Path(path), DTYPES[dtype_name], torch.device(device)
     diffusers_logging.disable_progress_bar()  # our own bars report the work; theirs would interleave
     transformers_logging.disable_progress_bar()

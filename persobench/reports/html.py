@@ -42,9 +42,8 @@ def subject_grid(run_root: Path, out_dir: Path, records: pd.DataFrame, reference
             ref_html = f'<img src="refs/{html.escape(target.name)}" alt="reference {html.escape(subject)}">'
         head = "<th>prompt</th><th>reference</th>" + "".join(f"<th>{html.escape(m)}<br>{html.escape(g)}</th>" for m, g in columns)
         lines = [f"<h3>{html.escape(subject)}</h3><table class=\"grid\"><tr>{head}</tr>"]
-        for k, (_, prows) in enumerate(rows.groupby("prompt_template", sort=False)):
-            if k >= max_prompts:
-                break
+        groups = list(rows.groupby("prompt_template", sort=False))[:max_prompts]
+        for k, (_, prows) in enumerate(groups):
             cells = []
             for m, g in columns:
                 hit = prows[(prows["method"] == m) & (prows["guidance"] == g)].sort_values("index")
@@ -54,7 +53,8 @@ def subject_grid(run_root: Path, out_dir: Path, records: pd.DataFrame, reference
                 else:
                     cells.append("<td>–</td>")
             caption = html.escape(prows.iloc[0]["clip_text"])
-            lines.append(f"<tr><td>{caption}</td><td>{ref_html}</td>{''.join(cells)}</tr>")
+            ref_cell = f'<td rowspan="{len(groups)}">{ref_html}</td>' if k == 0 else ""
+            lines.append(f"<tr><td>{caption}</td>{ref_cell}{''.join(cells)}</tr>")
         lines.append("</table>")
         parts.append("\n".join(lines))
     return "\n".join(parts)

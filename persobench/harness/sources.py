@@ -1,0 +1,52 @@
+"""Where a base model lives: the embedded toy world, a diffusers folder, or a hub id in the local
+cache. Deliberately free of torch / diffusers imports, so a missing model fails in well under a
+second, before anything heavy loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "toyworld"
+EMBEDDED = {"toyworld": ASSETS / "sd"}
+REQUIRED = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def resolve_source(source: str, local_files_only: bool = True) -> Path:
+    """A folder holding a diffusers Stable Diffusion pipeline, or a clear error saying what to pass."""
+    if source in EMBEDDED:
+        path = EMBEDDED[source]
+        if not (path / "model_index.json").is_file():
+            raise UserError(
+                f"the embedded model '{source}' is not in this install ({path}); "
+                "train it with `persobench toyworld train --stage vae,t2i` or pass model.source=<diffusers folder>"
+            )
+        return path
+    path = Path(source).expanduser()
+    if path.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
+        if not path.is_dir():
+            raise UserError(f"model folder '{source}' does not exist; pass model.source=<diffusers folder> or a hub id")
+        return _check_folder(path, source)
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(source, local_files_only=local_files_only)
+    except Exception:
+        raise UserError(
+            f"model '{source}' is not in the local Hugging Face cache; download it on a connected machine "
+            f"(`hf download {source}`) or pass model.source=/path/to/diffusers/folder"
+        ) from None
+    return _check_folder(Path(local), source)
+
+
+def _check_folder(path: Path, source: str) -> Path:
+    missing = [p for p in REQUIRED if not (path / p).exists()]
+    if missing:
+        raise UserError(
+            f"model folder '{source}' is not a diffusers Stable Diffusion pipeline (missing {', '.join(missing)}); "
+            "pass a folder saved with StableDiffusionPipeline.save_pretrained"
+        )
+    return path
+
+
