@@ -34,13 +34,14 @@ def main() -> None:
     images = [Image.fromarray(x) for x in arr]
     owners = [subjects[i % len(subjects)].name for i in range(a.images)]
     device = torch.device("cpu")
+    embed = getattr(bb.model, bb.image_fn)
 
     with torch.no_grad():
         t = time.perf_counter()
         naive = []
         for im, owner in zip(images, owners):
-            g = F.normalize(bb.model(bb.transform(im)[None]), dim=-1)
-            r = torch.cat([F.normalize(bb.model(bb.transform(x)[None]), dim=-1) for x in refs[owner]])
+            g = F.normalize(embed(bb.transform(im)[None]), dim=-1)
+            r = torch.cat([F.normalize(embed(bb.transform(x)[None]), dim=-1) for x in refs[owner]])
             naive.append(float((g @ r.T).mean()))
         t_naive = time.perf_counter() - t
 
