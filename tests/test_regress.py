@@ -19,6 +19,7 @@ def gate(tmp_path, tiny_model, tiny_evaluators):
         "metrics": {"names": ["dino", "clip-i", "clip-t"], "dino_backbone": f"dino:{tiny_evaluators / 'dino'}",
                     "clip_backbone": f"clip:{tiny_evaluators / 'clip'}", "bootstrap": 0},
         "report": {"wandb": "disabled"},
+        "guidance": {"name": "pick-and-draw", "step_size": [200.0, 100.0]},
     }
     path = tmp_path / "gate.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -57,3 +58,15 @@ def test_baseline_from_another_config_is_refused(gate, capsys):
     path, baseline = gate
     assert main(["regress", str(path), "--baseline", str(baseline), "sampler.steps=5"]) == 2
     assert "another config" in capsys.readouterr().err
+
+
+def test_gate_bites_when_the_guidance_gradient_sign_is_flipped(gate, capsys, monkeypatch):
+    from persobench.guidance.pick_and_draw import PickAndDraw
+
+    path, baseline = gate
+    original = PickAndDraw.step_size
+    monkeypatch.setattr(PickAndDraw, "step_size", lambda self, i: -original(self, i))
+    assert main(["regress", str(path), "--baseline", str(baseline)]) == 1
+    err = capsys.readouterr().err
+    assert "/pick-and-draw" in err and "drift" in err
+    assert "vanilla-sd/none" not in err and "dreambooth-lora/none" not in err  # unguided rows unchanged

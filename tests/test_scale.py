@@ -91,3 +91,16 @@ def test_two_concurrent_runs_on_one_store(tiny_model, tmp_path, reference):
         assert proc.returncode == 0, err[-2000:]
     assert artefacts(store / "default") == reference
     assert len(list((store / "default" / "fits").rglob("learned_embeds.safetensors"))) == 2
+
+
+def test_sharded_metric_jobs_give_the_single_process_scores(tiny_model, tiny_evaluators, tmp_path):
+    metrics = ["metrics.names=[dino, clip-t]", f"metrics.dino_backbone=dino:{tiny_evaluators / 'dino'}",
+               f"metrics.clip_backbone=clip:{tiny_evaluators / 'clip'}", "methods=[vanilla-sd]"]
+    launcher = [shutil.which("torchrun"), "--nproc-per-node=2", f"--master-port={29500 + random.randrange(400)}", "-m"]
+    for store, prefix in ((tmp_path / "one", None), (tmp_path / "two", launcher)):
+        done = subprocess.run(command(tiny_model, store, prefix) + metrics, env=ENV, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    one = pd.read_parquet(tmp_path / "one" / "default" / "points" / "main" / "scores.parquet").drop(columns="seconds")
+    two = pd.read_parquet(tmp_path / "two" / "default" / "points" / "main" / "scores.parquet").drop(columns="seconds")
+    pd.testing.assert_frame_equal(one, two, atol=1e-6)
+    assert not list((tmp_path / "two").rglob("scores.part-*"))

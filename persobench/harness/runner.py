@@ -187,13 +187,12 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
                             store.save_image(job.path, image, record)
             bar.advance(task)
         shard.barrier()
+    frame = pd.DataFrame.from_records([store.read_record(j.path) for j in all_jobs])
+    if cfg.metrics.names:  # metric jobs by image: each process scores its rows, rank 0 merges
+        score(cfg, frame, store, point_dir, bench, subjects, shard)
     if not shard.is_main:
         return point_dir
-    records = [store.read_record(j.path) for j in all_jobs]
-    frame = pd.DataFrame.from_records(records)
     write_parquet(point_dir / "records.parquet", frame)
-    if cfg.metrics.names:
-        score(cfg, frame, store, point_dir, bench, subjects)
     from ..reports.summary import write_summary
 
     write_summary(store.root, point_dir)
@@ -215,15 +214,27 @@ def check_metrics(cfg: RunConfig) -> None:
             backbones.get(name)
 
 
-def score(cfg: RunConfig, frame: pd.DataFrame, store: RunStore, point_dir: Path, bench, subjects: list[Subject]) -> pd.DataFrame:
-    """Per-image metric values -> scores.parquet, then the aggregate tables."""
+def score(cfg: RunConfig, frame: pd.DataFrame, store: RunStore, point_dir: Path, bench, subjects: list[Subject],
+          shard=None) -> pd.DataFrame | None:
+    """Per-image metric values -> scores.parquet, then the aggregate tables (on rank 0)."""
     from ..reports.metrics.scores import score_frame
     from ..reports.tables import write_tables
 
-    scores = score_frame(frame, store.root, {s.name: s for s in subjects}, cfg.metrics, bench.root / "ground_truth.json")
-    write_parquet(point_dir / "scores.parquet", scores)
-    write_tables(point_dir, scores, cfg.metrics.bootstrap)
-    return scores
+    shard = shard or current_shard()
+    rows = shard.split(list(range(len(frame))))
+    part = score_frame(frame.iloc[rows], store.root, {s.name: s for s in subjects}, cfg.metrics, bench.root / "ground_truth.json")
+    if shard.world > 1:
+        write_parquet(point_dir / f"scores.part-{shard.rank}.parquet", part.assign(_row=rows))
+        shard.barrier()
+        if not shard.is_main:
+            return None
+        parts = [point_dir / f"scores.part-{r}.parquet" for r in range(shard.world)]
+        part = pd.concat([pd.read_parquet(p) for p in parts]).sort_values("_row").drop(columns="_row").reset_index(drop=True)
+        for p in parts:
+            p.unlink()
+    write_parquet(point_dir / "scores.parquet", part)
+    write_tables(point_dir, part, cfg.metrics.bootstrap)
+    return part
 
 
 def guidance_settings(cfg: RunConfig) -> list[str]:
