@@ -16,6 +16,7 @@ import dataclasses
 import json
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -91,14 +92,38 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
 
 
-def _resume(path: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer) -> int:
-    if not path.exists():
-        return 0
-    state = torch.load(path, weights_only=True)
-    for k, m in modules.items():
-        m.load_state_dict(state[k])
-    opt.load_state_dict(state["opt"])
-    return state["step"]
+def _train_loop(stage: str, work: Path, cfg: EvaluatorConfig, modules: dict[str, torch.nn.Module], n_items: int,
+                seed: int, loss_fn: Callable[[int, np.ndarray], torch.Tensor]) -> None:
+    """Resumable AdamW loop shared by the evaluator stages: cosine LR, loss log, atomic checkpoints."""
+    params = [p for m in modules.values() for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.05)
+    ckpt, start = work / f"{stage}.ckpt", 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        for k, m in modules.items():
+            m.load_state_dict(state[k])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    log, started = LossLog(work / f"{stage}.loss.jsonl"), time.time()
+    for m in modules.values():
+        m.train()
+    for step, idx in batches(n_items, cfg.batch_size, seed, start):
+        if step >= cfg.steps:
+            break
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
+        loss = loss_fn(step, idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 50 == 0:
+            log.write(step=step + 1, loss=float(loss))
+            progress(stage, step, cfg.steps, float(loss), started, start)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            state = {k: m.state_dict() for k, m in modules.items()} | {"opt": opt.state_dict(), "step": step + 1}
+            atomic_torch_save(state, ckpt)
+    for m in modules.values():
+        m.eval()
 
 
 def train_clip(out: Path, work: Path, cfg: EvaluatorConfig) -> Path:
@@ -109,34 +134,19 @@ def train_clip(out: Path, work: Path, cfg: EvaluatorConfig) -> Path:
     model_cfg = clip_model_cfg(cfg.tiny)
     model = open_clip.CLIP(**model_cfg)
     tokenizer = open_clip.SimpleTokenizer(context_length=model_cfg["text_cfg"]["context_length"])
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.05)
-    ckpt = work / "clip.ckpt"
-    start = _resume(ckpt, {"model": model}, opt)
-    log, started = LossLog(work / "clip.loss.jsonl"), time.time()
-    model.train()
-    for step, idx in batches(len(scenes), cfg.batch_size, cfg.seed + 1, start):
-        if step >= cfg.steps:
-            break
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
+
+    def loss_fn(step: int, idx: np.ndarray) -> torch.Tensor:
         rng = random.Random(step)
         texts = [full_caption(scenes[i]) if rng.random() < 0.6 else caption(scenes[i], rng, 0.0) for i in idx]
-        gen = torch.Generator().manual_seed(step)
-        x = _augment(to_tensor(images[idx]), gen)
+        x = _augment(to_tensor(images[idx]), torch.Generator().manual_seed(step))
         img, txt, scale = model(x, tokenizer(texts))
         logits = scale * img @ txt.T
         labels = torch.arange(len(idx))
         same = torch.tensor([[a == b for b in texts] for a in texts])  # duplicate captions are not negatives
-        logits_t = logits.masked_fill(same & ~torch.eye(len(idx), dtype=torch.bool), -1e4)
-        loss = (F.cross_entropy(logits_t, labels) + F.cross_entropy(logits_t.T, labels)) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if (step + 1) % 50 == 0:
-            log.write(step=step + 1, loss=loss.item())
-            progress("clip", step, cfg.steps, loss.item(), started, start)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1}, ckpt)
+        logits = logits.masked_fill(same & ~torch.eye(len(idx), dtype=torch.bool), -1e4)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+    _train_loop("clip", work, cfg, {"model": model}, len(scenes), cfg.seed + 1, loss_fn)
     target = out / "clip"
     target.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
@@ -176,32 +186,16 @@ def train_dino(out: Path, work: Path, cfg: EvaluatorConfig) -> Path:
     args = vit_args(cfg.tiny)
     model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0, **args)
     head = torch.nn.Sequential(torch.nn.Linear(args["embed_dim"], 256), torch.nn.GELU(), torch.nn.Linear(256, 128))
-    opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=cfg.lr, weight_decay=0.05)
-    ckpt = work / "dino.ckpt"
-    start = _resume(ckpt, {"model": model, "head": head}, opt)
-    log, started = LossLog(work / "dino.loss.jsonl"), time.time()
-    model.train()
-    for step, idx in batches(len(pairs.a), cfg.batch_size, cfg.seed + 2, start):
-        if step >= cfg.steps:
-            break
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
+
+    def loss_fn(step: int, idx: np.ndarray) -> torch.Tensor:
         gen = torch.Generator().manual_seed(step)
         x = torch.cat([_augment(to_tensor(pairs.a[idx]), gen), _augment(to_tensor(pairs.b[idx]), gen)])
         z = F.normalize(head(model(x)), dim=-1)
-        sim = z @ z.T / 0.1
-        sim = sim.masked_fill(torch.eye(len(z), dtype=torch.bool), -1e4)
+        sim = (z @ z.T / 0.1).masked_fill(torch.eye(len(z), dtype=torch.bool), -1e4)
         n = len(idx)
-        target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
-        loss = F.cross_entropy(sim, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if (step + 1) % 50 == 0:
-            log.write(step=step + 1, loss=loss.item())
-            progress("dino", step, cfg.steps, loss.item(), started, start)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            atomic_torch_save({"model": model.state_dict(), "head": head.state_dict(), "opt": opt.state_dict(), "step": step + 1}, ckpt)
+        return F.cross_entropy(sim, torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]))
+
+    _train_loop("dino", work, cfg, {"model": model, "head": head}, len(pairs.a), cfg.seed + 2, loss_fn)
     return _save_timm(model, out / "dino", args, num_classes=0)
 
 
@@ -225,26 +219,11 @@ def train_oracle(out: Path, work: Path, cfg: EvaluatorConfig) -> Path:
     # a CNN: a from-scratch ViT of this size read colours but only 65% of classes after 1,500 steps
     arch, args = ("resnet10t", {}) if not cfg.tiny else ("resnet10t", {"channels": (8, 16, 16, 16)})
     model = timm.create_model(arch, pretrained=False, num_classes=sum(sizes), **args)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.05)
-    ckpt = work / "oracle.ckpt"
-    start = _resume(ckpt, {"model": model}, opt)
-    log, started = LossLog(work / "oracle.loss.jsonl"), time.time()
-    model.train()
-    for step, idx in batches(len(scenes), cfg.batch_size, cfg.seed + 3, start):
-        if step >= cfg.steps:
-            break
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
-        gen = torch.Generator().manual_seed(step)
-        logits = model(_augment(to_tensor(images[idx]), gen)).split(sizes, dim=1)
+
+    def loss_fn(step: int, idx: np.ndarray) -> torch.Tensor:
+        logits = model(_augment(to_tensor(images[idx]), torch.Generator().manual_seed(step))).split(sizes, dim=1)
         t = torch.as_tensor(idx)
-        loss = sum(F.cross_entropy(lg, labels[k][t]) for lg, k in zip(logits, ORACLE_HEADS))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if (step + 1) % 50 == 0:
-            log.write(step=step + 1, loss=float(loss))
-            progress("oracle", step, cfg.steps, float(loss), started, start)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1}, ckpt)
+        return sum(F.cross_entropy(lg, labels[k][t]) for lg, k in zip(logits, ORACLE_HEADS))
+
+    _train_loop("oracle", work, cfg, {"model": model}, len(scenes), cfg.seed + 3, loss_fn)
     return _save_timm(model, out / "oracle", args, num_classes=sum(sizes), extra={"heads": ORACLE_HEADS})  # arch from the model
