@@ -160,6 +160,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         state = "found" if (path / "model_index.json").is_file() else "MISSING (persobench toyworld train)"
         steps = (path / "TRAINED_STEPS").read_text().strip() if (path / "TRAINED_STEPS").is_file() else "?"
         print(f"{'model ' + name:<16} {state} at {path} (trained steps: {steps})")
+    from .sources import ASSETS
+
+    for name in ("clip", "dino", "oracle"):
+        found = any((ASSETS / name).glob("*.safetensors"))
+        print(f"{'evaluator ' + name:<16} {'found' if found else 'MISSING (persobench toyworld train --stage ' + name + ')'}")
     from ..datasets import TOYBENCH
 
     print(f"{'toybench':<16} {'found' if (TOYBENCH / 'prompts_and_classes.txt').is_file() else 'MISSING'} at {TOYBENCH}")

@@ -184,6 +184,7 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
                     for job, prompt, image in zip(batch, prompts, images):
                         if not store.is_done(job.path):
                             record = _record(store, job, fitted, prompt, fit_key, sample_key, per_image, guidance)
+                            record["guidance_hash"] = stable_hash(guidance_signature(cfg.guidance, guidance))
                             store.save_image(job.path, image, record)
             bar.advance(task)
         shard.barrier()
