@@ -19,7 +19,9 @@ from .wandb_log import log_to_wandb
 
 
 def finished_points(run_root: Path) -> list[Path]:
-    return sorted(p for p in (run_root / "points").glob("*") if (p / "records.parquet").is_file())
+    """Points in the order they were run (a sweep's order), so curves follow the swept knob."""
+    points = [p for p in (run_root / "points").glob("*") if (p / "records.parquet").is_file()]
+    return sorted(points, key=lambda p: ((p / "config.yaml").stat().st_mtime_ns, p.name))
 
 
 def build_run_report(run_root: Path, wandb_mode: str | None = None) -> Path:
@@ -37,7 +39,7 @@ def build_run_report(run_root: Path, wandb_mode: str | None = None) -> Path:
     config = yaml.safe_load((points[0] / "config.yaml").read_text())
     table, layout, curves = None, None, []
     if scores:
-        frames = [aggregate(s, config["metrics"]["bootstrap"]).assign(point=s["point"].iloc[0]) for s in scores]
+        frames = [aggregate(s, config["metrics"]["bootstrap"]).assign(point=s["point"].iloc[0], order=k) for k, s in enumerate(scores)]
         table = pd.concat(frames, ignore_index=True)
         with atomic_path(out / "table.csv") as tmp:
             table.to_csv(tmp, index=False)

@@ -60,10 +60,10 @@ def _fmt(row: pd.Series, m: str) -> str:
     return f"{row[m]:.3f} ± {half:.3f}" if np.isfinite(half) else f"{row[m]:.3f}"
 
 
-def paper_layout(table: pd.DataFrame, published: bool = False) -> pd.DataFrame:
-    """Rows = method (each without / with guidance), columns = metrics, overall split; with
-    `published`, the published DreamBench rows follow (real-scale runs only)."""
-    overall = table[table["split"] == "all"]
+def paper_layout(table: pd.DataFrame, published: bool = False, split: str = "all") -> pd.DataFrame:
+    """Rows = method (each without / with guidance), columns = metrics, for one split (all, object,
+    live); with `published`, the published DreamBench rows follow (real-scale runs only)."""
+    overall = table[table["split"] == split]
     metrics = [m for m in METRIC_COLUMNS if m in overall.columns]
     out = pd.DataFrame({"Method": overall["method"], "Guidance": overall["guidance"]})
     for m in metrics:
@@ -94,6 +94,10 @@ def write_tables(point_dir: Path, scores: pd.DataFrame, bootstrap: int) -> pd.Da
     with atomic_path(point_dir / "table.csv") as tmp:
         table.to_csv(tmp, index=False)
     layout = paper_layout(table)
-    write_text(point_dir / "table.md", markdown_table(layout) + "\n")
+    parts = [markdown_table(layout), ""]
+    for split in ("object", "live"):
+        if (table["split"] == split).any():
+            parts += [f"**{split} subjects**", "", markdown_table(paper_layout(table, split=split)), ""]
+    write_text(point_dir / "table.md", "\n".join(parts))
     write_text(point_dir / "table.tex", to_latex(layout))
     return table

@@ -27,7 +27,7 @@ def plot_tradeoff(table: pd.DataFrame, y: str, out_stem: Path) -> list[Path]:
     for k, (method, rows) in enumerate(table.groupby("method", sort=False)):
         colour = colours[k % len(colours)]
         for guidance, g in rows.groupby("guidance", sort=False):
-            g = g.sort_values("point")
+            g = g.sort_values("order" if "order" in g else "point")
             marker = "o" if guidance == "none" else "*"
             ax.plot(g["clip_t"], g[y], marker=marker, ls="-" if len(g) > 1 else "", color=colour, label=f"{method} ({guidance})",
                     ms=8)
