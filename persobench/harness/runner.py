@@ -71,10 +71,14 @@ def resolution(cfg: RunConfig, components: SDComponents) -> int:
     return cfg.sampler.resolution or components.latent_shape[1] * components.vae_scale
 
 
+def fit_key(personalizer, components: SDComponents, subject: Subject, seed: int) -> str:
+    return stable_hash({"method": personalizer.name, "params": personalizer.fit_signature(), "subject": subject.content_hash,
+                        "model": components.fingerprint, "seed": seed})
+
+
 def fit_subject(store: RunStore, personalizer, components: SDComponents, subject: Subject, seed: int,
                 progress: Progress | None = None) -> tuple[Fitted, str]:
-    key = stable_hash({"method": personalizer.name, "params": personalizer.fit_signature(), "subject": subject.content_hash,
-                       "model": components.fingerprint, "seed": seed})
+    key = fit_key(personalizer, components, subject, seed)
     folder = store.fit_dir(personalizer.name, subject.name, key)
     with file_lock(folder.parent / f".{folder.name}.lock"):
         fitted = personalizer.fit(subject, folder, seed, progress)
@@ -104,12 +108,14 @@ def generate(fitted: Fitted, cfg: RunConfig, jobs: Sequence[ImageJob], guidance:
     return prompts, decode(c.vae, out)
 
 
+def templates_for(cfg: RunConfig, bench, subject: Subject) -> list[str]:
+    templates = list(bench.prompts_for(subject))
+    return templates if cfg.dataset.max_prompts is None else templates[: cfg.dataset.max_prompts]
+
+
 def image_jobs(cfg: RunConfig, bench, store: RunStore, method: str, subject: Subject, sample_key: str) -> list[ImageJob]:
-    templates = bench.prompts_for(subject)
-    if cfg.dataset.max_prompts is not None:
-        templates = templates[: cfg.dataset.max_prompts]
     jobs = []
-    for p, template in enumerate(templates):
+    for p, template in enumerate(templates_for(cfg, bench, subject)):
         for i in range(cfg.dataset.images_per_prompt):
             seed = image_seed(cfg.seed, subject.name, template, i)
             path = store.image_path(method, subject.name, sample_key, p, template, i)
@@ -158,33 +164,38 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
         for method_name, make, subject in mine:  # fit jobs by (method, subject)
             fitted, _ = fit_subject(store, personalizer_for(method_name, make), components, subject, cfg.seed, bar)
             for guidance in guidance_settings(cfg):
-                check_guidance(guidance, cfg, fitted, [j.template for j in image_jobs(cfg, bench, store, method_name, subject, "x")])
+                check_guidance(guidance, cfg, fitted, templates_for(cfg, bench, subject))
             bar.advance(task)
         shard.barrier()
         task = bar.add_task("sample", total=len(units))
         all_jobs: list[ImageJob] = []
         for method_name, make, subject in units:  # sample jobs by image
-            fitted, fit_key = fit_subject(store, personalizer_for(method_name, make), components, subject, cfg.seed, bar)
+            personalizer = personalizer_for(method_name, make)
+            key = fit_key(personalizer, components, subject, cfg.seed)
+            todo = []
             for guidance in guidance_settings(cfg):
-                sample_key = stable_hash(sample_signature(cfg, components, fit_key, guidance))
+                sample_key = stable_hash(sample_signature(cfg, components, key, guidance))
                 jobs = image_jobs(cfg, bench, store, method_name, subject, sample_key)
                 all_jobs += jobs
-                # Batches are cut from the full job list, so an image's batch-mates (and hence its last
-                # bits under batched BLAS) never depend on what was already done or on the process count.
-                # Split the full batch list (the same on every process), then skip what is done.
+                # Batches are cut from the full job list, the same on every process, so an image's
+                # batch-mates (hence its last bits under batched BLAS) never depend on what was already
+                # done or on the process count; then each process skips what is done.
                 mine = [b for b in shard.split(list(chunks(jobs, cfg.sampler.batch_size)))
                         if not all(store.is_done(j.path) for j in b)]
+                todo += [(guidance, sample_key, mine)] if mine else []
+            if todo:  # a warm re-run loads no fit at all
+                fitted, _ = fit_subject(store, personalizer, components, subject, cfg.seed, bar)
+            for guidance, sample_key, mine in todo:
                 palette = None
-                if mine and guidance != "none" and cfg.guidance.appearance.enabled:
-                    palette = reference_palette(fitted, cfg, fit_key, store.root / "cache" / "inversions")
+                if guidance != "none" and cfg.guidance.appearance.enabled:
+                    palette = reference_palette(fitted, cfg, key, store.root / "cache" / "inversions")
                 for batch in mine:
                     started = time.perf_counter()
                     prompts, images = generate(fitted, cfg, batch, guidance, palette)
                     per_image = (time.perf_counter() - started) / len(batch)
                     for job, prompt, image in zip(batch, prompts, images):
                         if not store.is_done(job.path):
-                            record = _record(store, job, fitted, prompt, fit_key, sample_key, per_image, guidance)
-                            record["guidance_hash"] = stable_hash(guidance_signature(cfg.guidance, guidance))
+                            record = _record(cfg, store, job, fitted, prompt, key, sample_key, per_image, guidance)
                             store.save_image(job.path, image, record)
             bar.advance(task)
         shard.barrier()
@@ -247,8 +258,8 @@ def guidance_settings(cfg: RunConfig) -> list[str]:
     return ["none", name] if cfg.guidance.compare_unguided else [name]
 
 
-def _record(store: RunStore, job: ImageJob, fitted: Fitted, prompt: str, fit_key: str, sample_key: str, seconds: float,
-            guidance: str) -> dict:
+def _record(cfg: RunConfig, store: RunStore, job: ImageJob, fitted: Fitted, prompt: str, fit_key: str, sample_key: str,
+            seconds: float, guidance: str) -> dict:
     return {
         "method": job.method,
         "subject": job.subject.name,
@@ -263,6 +274,7 @@ def _record(store: RunStore, job: ImageJob, fitted: Fitted, prompt: str, fit_key
         "fit_key": fit_key,
         "sample_key": sample_key,
         "guidance": guidance,
+        "guidance_hash": stable_hash(guidance_signature(cfg.guidance, guidance)),
         "image": store.relative(job.path),
         "reference": str(job.subject.image_paths[0].resolve()),
         "seconds": round(seconds, 4),
