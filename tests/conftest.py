@@ -55,3 +55,13 @@ def tiny_evaluators(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny-evaluators")
     run_stages("clip,dino,oracle", root / "out", root / "work", smoke=True)
     return root / "out"
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """A smoke-trained generator + DINO + BLIP subject encoder (the real training code, tiny sizes)."""
+    from persobench.datasets.toyworld.training.stages import run_stages
+
+    root = tmp_path_factory.mktemp("tiny-world")
+    run_stages("vae,t2i,dino,blip", root / "out", root / "work", smoke=True)
+    return root / "out"

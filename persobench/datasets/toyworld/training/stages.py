@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .blip import train_blip
 from .evaluators import EvaluatorConfig, train_clip, train_dino, train_oracle
 from .t2i import T2iConfig, train_t2i
 from .vae import VaeConfig, train_vae
 
-ORDER = ("vae", "t2i", "clip", "dino", "oracle")
+ORDER = ("vae", "t2i", "clip", "dino", "oracle", "blip")  # blip needs t2i and dino
 EVALUATORS = {
     "clip": (train_clip, EvaluatorConfig(steps=3000)),
     "dino": (train_dino, EvaluatorConfig(steps=2000)),
     "oracle": (train_oracle, EvaluatorConfig(steps=1500)),
+    "blip": (train_blip, EvaluatorConfig(steps=1000, batch_size=16, lr=1e-3)),
 }
 
 

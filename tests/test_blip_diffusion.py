@@ -1,0 +1,59 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from persobench.datasets import datasets
+from persobench.errors import UserError
+from persobench.harness.config import DatasetConfig, ModelConfig
+from persobench.harness.models import load_components
+from persobench.harness.runner import run
+from persobench.harness.sampling import token_positions
+from persobench.methods import methods
+from persobench.methods.blip_diffusion import PLACEHOLDER
+
+
+@pytest.fixture(scope="module")
+def world(tiny_world):
+    components = load_components(ModelConfig(source=str(tiny_world / "sd"), device="cpu"))
+    method = methods.get("blip-diffusion")({"encoder": str(tiny_world / "blip")}, components)
+    subjects = {s.name: s for s in datasets.get("toybench")(DatasetConfig()).subjects}
+    return components, method, subjects
+
+
+def test_fit_encodes_once_and_conditions_the_text(world, tmp_path):
+    components, method, subjects = world
+    fitted = method.fit(subjects["ball1"], tmp_path / "fit", seed=0)
+    saved = load_file(tmp_path / "fit" / "subject_embeddings.safetensors")["subject"]
+    assert saved.shape == (4, components.text_encoder.config.hidden_size)
+    prompt = fitted.prompt("a {0} {1} on the beach")
+    assert prompt == f"a {' '.join([PLACEHOLDER] * 4)} ball on the beach"
+    assert fitted.clip_text("a {0} {1} on the beach") == "a ball on the beach"
+    cols = token_positions(fitted.tokenizer, prompt, fitted.subject_words)
+    assert cols == [2, 3, 4, 5, 6]  # the four subject tokens and the class noun, after BOS and "a"
+    cond = fitted.encode([prompt, prompt.replace(" ".join([PLACEHOLDER] * 4) + " ", "")])
+    other = method.fit(subjects["ball2"], tmp_path / "fit2", seed=0).encode([prompt]).cond
+    assert not torch.allclose(cond.cond[0], other[0])  # another subject, other conditioning
+    assert len(components.tokenizer) < len(fitted.tokenizer)  # the shared tokenizer is untouched
+
+
+def test_run_with_guidance_on_all_four_methods(tiny_world, make_config):
+    cfg = make_config(f"model.source={tiny_world / 'sd'}", "methods=[vanilla-sd, textual-inversion, dreambooth-lora, blip-diffusion]",
+                      "dataset.subjects=[cat1]", "guidance.name=pick-and-draw",
+                      f"method_params={{textual-inversion: {{steps: 2, batch_size: 2}}, dreambooth-lora: {{steps: 2, batch_size: 2, rank: 2}}, "
+                      f"blip-diffusion: {{encoder: {tiny_world / 'blip'}}}}}")
+    frame = pd.read_parquet(run(cfg) / "records.parquet")
+    assert frame.groupby(["method", "guidance"]).size().to_dict() == {
+        (m, g): 4 for m in ("vanilla-sd", "textual-inversion", "dreambooth-lora", "blip-diffusion") for g in ("none", "pick-and-draw")}
+    blip = frame[frame["method"] == "blip-diffusion"]
+    assert blip["prompt"].str.contains(PLACEHOLDER).all() and not blip["clip_text"].str.contains("<").any()
+    assert np.isfinite(blip["seed"]).all()
+
+
+def test_missing_encoder_and_real_backend_are_clear_errors(world, tmp_path):
+    components, _, subjects = world
+    with pytest.raises(UserError, match="persobench toyworld train --stage blip"):
+        methods.get("blip-diffusion")({"encoder": str(tmp_path / "none")}, components).fit(subjects["ball1"], tmp_path / "f", 0)
+    with pytest.raises(UserError, match="backend 'real'.*not implemented yet"):
+        methods.get("blip-diffusion")({"backend": "real"}, components)
