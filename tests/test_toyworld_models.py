@@ -78,3 +78,13 @@ def test_smoke_training_of_the_generator_gives_a_loadable_pipeline(tmp_path):
     run_stages("t2i", tmp_path / "out", tmp_path / "work", smoke=True)
     assert (tmp_path / "work" / "t2i.loss.jsonl").read_text().splitlines() == lines_before
     assert json.loads(lines_before[-1])["step"] == 30
+
+
+def test_blip_subject_encoder_matches_the_shipped_generator():
+    from persobench.methods.blip_diffusion import load_subject_encoder
+
+    encoder, config = load_subject_encoder(ASSETS / "blip")
+    assert config["trained_against_t2i_steps"] == int((ASSETS / "sd" / "TRAINED_STEPS").read_text())  # retrain after t2i changes
+    with torch.no_grad():
+        out = encoder(torch.zeros(1, 3, 64, 64))
+    assert out.shape == (1, config["num_queries"], config["text_dim"])
