@@ -58,7 +58,7 @@ def test_timm_models_load_offline(name):
         assert sum(len(v) for v in config["heads"].values()) == out.shape[1]
 
 
-@pytest.mark.parametrize("name", ["sd", "clip", "dino", "oracle"])
+@pytest.mark.parametrize("name", ["sd", "clip", "dino", "oracle", "blip"])
 def test_every_model_has_a_card_with_figures(name):
     card = (ASSETS / name / "MODEL_CARD.md").read_text()
     assert "Training command" in card and "Parameters" in card and "```json" in card

@@ -26,6 +26,11 @@ MODELS = {
     "dino": ("Toy DINO (timm ViT)", "dino",
              "timm `create_model('local-dir:<folder>', pretrained=True)`: ViT (64 px, patch 8, width 128, depth 4), trained "
              "instance-discriminatively (NT-Xent): two renders of one instance in other poses/contexts are positives."),
+    "blip": ("Toy BLIP-Diffusion subject encoder", "blip",
+             "`persobench.methods.blip_diffusion.load_subject_encoder(folder)`: the toy DINO ViT (frozen, `../dino`) + 4 learned "
+             "queries with cross-attention to its tokens, projected to the text encoder's width; trained with the diffusion loss "
+             "of the frozen toy t2i model on pairs (subject embeddings of render A condition the caption of render B). "
+             "Trained against the t2i steps given in config.json: retrain after the t2i model changes."),
     "oracle": ("Toy oracle (timm ResNet classifier)", "oracle",
                "timm resnet10t with one softmax head per attribute (class, primary, secondary, pattern, context, accessory); "
                "heads listed in config.json. Reads ground-truth attributes off any 64 px image."),
@@ -55,7 +60,8 @@ def training_minutes(log: Path, stage: str) -> float | None:
 def write_cards(assets: Path, figures: dict, work: Path) -> list[Path]:
     paths = []
     logs = {"sd": ("train.log", ["vae", "t2i"]), "clip": ("train-evaluators.log", ["clip"]),
-            "dino": ("train-evaluators.log", ["dino"]), "oracle": ("train-evaluators.log", ["oracle"])}
+            "dino": ("train-evaluators.log", ["dino"]), "oracle": ("train-evaluators.log", ["oracle"]),
+            "blip": ("train-blip.log", ["blip"])}
     for name, (title, stage, arch) in MODELS.items():
         folder = assets / name
         if not folder.is_dir():
@@ -79,4 +85,4 @@ def write_cards(assets: Path, figures: dict, work: Path) -> list[Path]:
 
 def _belongs(key: str, model: str) -> bool:
     return {"sd": key.startswith(("vae", "generator", "attention", "t2i")), "clip": key.startswith("clip"),
-            "dino": key.startswith("dino"), "oracle": key.startswith("oracle")}[model]
+            "dino": key.startswith("dino"), "oracle": key.startswith("oracle"), "blip": key.startswith("blip")}[model]
