@@ -41,7 +41,7 @@ def test_fit_encodes_once_and_conditions_the_text(world, tmp_path):
 def test_run_with_guidance_on_all_four_methods(tiny_world, make_config):
     cfg = make_config(f"model.source={tiny_world / 'sd'}", "methods=[vanilla-sd, textual-inversion, dreambooth-lora, blip-diffusion]",
                       "dataset.subjects=[cat1]", "guidance.name=pick-and-draw",
-                      f"method_params={{textual-inversion: {{steps: 2, batch_size: 2}}, dreambooth-lora: {{steps: 2, batch_size: 2, rank: 2}}, "
+                      "method_params={textual-inversion: {steps: 2, batch_size: 2}, dreambooth-lora: {steps: 2, batch_size: 2, rank: 2}, "
                       f"blip-diffusion: {{encoder: {tiny_world / 'blip'}}}}}")
     frame = pd.read_parquet(run(cfg) / "records.parquet")
     assert frame.groupby(["method", "guidance"]).size().to_dict() == {
