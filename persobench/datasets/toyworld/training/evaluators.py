@@ -117,8 +117,9 @@ def _train_loop(stage: str, work: Path, cfg: EvaluatorConfig, modules: dict[str,
         loss.backward()
         opt.step()
         if (step + 1) % 50 == 0:
-            log.write(step=step + 1, loss=float(loss))
-            progress(stage, step, cfg.steps, float(loss), started, start)
+            value = float(loss.detach())
+            log.write(step=step + 1, loss=value)
+            progress(stage, step, cfg.steps, value, started, start)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             state = {k: m.state_dict() for k, m in modules.items()} | {"opt": opt.state_dict(), "step": step + 1}
             atomic_torch_save(state, ckpt)

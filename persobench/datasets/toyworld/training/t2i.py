@@ -72,7 +72,8 @@ def train_t2i(out: Path, work: Path, cfg: T2iConfig) -> Path:
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
         ema_unet.shadow, ema_text.shadow = state["ema_unet"], state["ema_text"]
-        opt.load_state_dict(state["opt"])
+        if "opt" in state:  # the committed checkpoint omits Adam's moments (half its size); they re-warm quickly
+            opt.load_state_dict(state["opt"])
         start = state["step"]
     log, started = LossLog(work / "t2i.loss.jsonl"), time.time()
     stop = cfg.steps if cfg.max_steps_this_run is None else min(cfg.steps, start + cfg.max_steps_this_run)
