@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -30,6 +32,10 @@ def test_run_scores_every_image_and_writes_tables(scored_config):
     assert "DINO" in md and "CLIP-T" in md and "±" in md
     assert r"\toprule" in (point / "table.tex").read_text()
     assert (point.parent.parent / "cache" / "references").is_dir()
+    written = json.loads((point / "metrics_protocol.json").read_text())
+    assert written["metrics"]["clip_t_scale"] == "raw" and written["metrics"]["reference_set"] == "all"
+    assert {"library", "model"} <= set(next(iter(written["backbones"].values())))
+    assert any("Normalize" in v.get("preprocess", "") or "mean" in v.get("data_config", "") for v in written["backbones"].values())
 
 
 def test_dino_score_is_mean_cosine_to_references(scored_config, tiny_evaluators):

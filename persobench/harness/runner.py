@@ -245,6 +245,9 @@ def score(cfg: RunConfig, frame: pd.DataFrame, store: RunStore, point_dir: Path,
         for p in parts:
             p.unlink()
     write_parquet(point_dir / "scores.parquet", part)
+    from ..reports.metrics.scores import protocol
+
+    write_json(point_dir / "metrics_protocol.json", protocol(cfg.metrics))
     write_tables(point_dir, part, cfg.metrics.bootstrap)
     return part
 

@@ -125,6 +125,14 @@ def oracle(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"oracle_identity": identity, "oracle_context": context})
 
 
+def protocol(cfg: MetricsConfig) -> dict:
+    """Every scoring choice that moves a number, with each backbone's own preprocessing, for the
+    file written next to the scores."""
+    used = {"dino": [cfg.dino_backbone], "clip-i": [cfg.clip_backbone], "clip-t": [cfg.clip_backbone]}
+    names = sorted({b for n in cfg.names for b in used.get(n, [])})
+    return {"metrics": dataclasses.asdict(cfg), "backbones": {n: get_backbone(n).describe for n in names}}
+
+
 def score_frame(frame: pd.DataFrame, store_root: Path, subjects: dict[str, Subject], cfg: MetricsConfig,
                 ground_truth_path: Path | None) -> pd.DataFrame:
     """The records frame with one column per metric value."""
