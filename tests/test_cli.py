@@ -30,7 +30,7 @@ def test_dry_run_validates_every_sweep_point_without_loading_a_model(capsys, tmp
 
 def test_unknown_method_lists_known_ones(capsys, tiny_model, tmp_path):
     fails_with(capsys, ["run", f"model.source={tiny_model}", f"store={tmp_path}", "methods=[dreambooth-lore]"],
-               "unknown method 'dreambooth-lore'; known methods: dreambooth-lora, textual-inversion, vanilla-sd")
+               "unknown method 'dreambooth-lore'; known methods: blip-diffusion, dreambooth-lora, textual-inversion, vanilla-sd")
     assert not (tmp_path / "default").exists()
 
 
