@@ -81,10 +81,12 @@ def fit_subject(store: RunStore, personalizer, components: SDComponents, subject
     key = fit_key(personalizer, components, subject, seed)
     folder = store.fit_dir(personalizer.name, subject.name, key)
     with file_lock(folder.parent / f".{folder.name}.lock"):
+        started = time.perf_counter()
         fitted = personalizer.fit(subject, folder, seed, progress)
-        if not (folder / "fit.json").exists():
+        if not (folder / "fit.json").exists():  # first fit: record how long it took
             write_json(folder / "fit.json", {"method": personalizer.name, "subject": subject.name, "key": key,
-                                             "params": personalizer.fit_signature(), "model": components.fingerprint})
+                                             "params": personalizer.fit_signature(), "model": components.fingerprint,
+                                             "seconds": round(time.perf_counter() - started, 2)})
     return fitted, key
 
 
