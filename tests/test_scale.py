@@ -21,13 +21,13 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
 def artefacts(run_root: Path) -> dict[str, object]:
-    """Everything a run stores except timings: image bytes, fit files, records without 'seconds'."""
+    """Everything a run stores except timings: image bytes, fit files, records and fit.json without 'seconds'."""
     out: dict[str, object] = {}
     for p in sorted(run_root.rglob("*")):
         rel = p.relative_to(run_root).as_posix()
         if not p.is_file() or rel.startswith(("points", "report", "cache")) or p.name.endswith(".lock"):
             continue
-        if p.suffix == ".json" and rel.startswith("images"):
+        if p.suffix == ".json" and (rel.startswith("images") or p.name == "fit.json"):
             out[rel] = {k: v for k, v in json.loads(p.read_text()).items() if k != "seconds"}
         else:
             out[rel] = p.read_bytes()
