@@ -33,7 +33,6 @@ class Fitted:
     text_encoder: torch.nn.Module
     identifier: str  # the word(s) that name this subject in prompts ("" for vanilla SD)
     class_word: str | None = None  # the class noun as prompts say it (None: the subject's; "" to omit)
-    encode_hook: Callable[[list[str], torch.Tensor], torch.Tensor] | None = None  # e.g. BLIP-Diffusion's subject embeddings
 
     def prompt(self, template: str) -> str:
         """A DreamBench template ('a {0} {1} in the snow') in this method's wording."""
@@ -51,8 +50,6 @@ class Fitted:
     @torch.no_grad()
     def encode(self, prompts: list[str], negative: str = "") -> Conditioning:
         cond = encode_text(self.tokenizer, self.text_encoder, prompts)
-        if self.encode_hook is not None:
-            cond = self.encode_hook(prompts, cond)
         uncond = encode_text(self.tokenizer, self.text_encoder, [negative] * len(prompts))
         positions = [token_positions(self.tokenizer, p, self.subject_words) for p in prompts]
         dtype = self.components.dtype

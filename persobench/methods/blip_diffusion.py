@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -150,8 +151,6 @@ class BlipDiffusion:
             refs = subject.images()
             refs = refs if self.params.num_references is None else refs[: self.params.num_references]
             size = config["image_size"]
-            import numpy as np
-
             x = to_tensor(np.stack([np.asarray(im.resize((size, size))) for im in refs]))
             with torch.no_grad():
                 embeddings = encoder(x).mean(0)

@@ -23,6 +23,7 @@ from rich.progress import Progress
 
 from ..datasets.dreambench import Subject
 from ..errors import UserError
+from ..harness.atomic import atomic_path
 from ..harness.models import SDComponents
 from ..harness.sampling import encode_text, sample_base
 from ..harness.seeding import image_seed
@@ -129,10 +130,8 @@ class DreamBoothLora:
             lat = sample_base(c, [prompt] * n, seeds, p.class_steps, 5.0)
             out.append(lat.float())
         latents = torch.cat(out)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp")
-        torch.save(latents, tmp)
-        tmp.replace(cache)
+        with atomic_path(cache) as tmp:
+            torch.save(latents, tmp)
         return latents
 
     def _train(self, subject: Subject, unet, text_encoder, folder: Path, seed: int, progress: Progress | None) -> None:

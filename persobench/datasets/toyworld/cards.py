@@ -53,7 +53,7 @@ def training_minutes(log: Path, stage: str) -> float | None:
         step, rate = int(m.group(1)), float(m.group(2))
         if step > last and rate > 0:
             seconds += (step - last) / rate
-        last = step if step > last else step
+        last = step
     return seconds / 60 if seconds else None
 
 
