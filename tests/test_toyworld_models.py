@@ -78,6 +78,28 @@ def test_smoke_training_of_the_generator_gives_a_loadable_pipeline(tmp_path):
     run_stages("t2i", tmp_path / "out", tmp_path / "work", smoke=True)
     assert (tmp_path / "work" / "t2i.loss.jsonl").read_text().splitlines() == lines_before
     assert torch.load(tmp_path / "work" / "t2i.ckpt", weights_only=True)["step"] == 30
+    # the switchable localisation loss is on from step 15 in the smoke configuration, and logged
+    logged = [json.loads(line) for line in lines_before]
+    assert logged[-1]["step"] == 25 and 0 <= logged[-1]["localisation"] <= 1
+
+
+def test_localisation_loss_rewards_word_specific_maps():
+    from persobench.datasets.toyworld.training.t2i import localisation_loss
+
+    masks = torch.zeros(1, 1, 4, 4)
+    masks[..., :2, :2] = 1  # the subject covers the top-left quarter
+    inside, outside = torch.tensor([7]), torch.tensor([9])
+    ids = torch.tensor([[0, 7, 9, 1]])  # BOS, class noun, context noun, EOS
+    specific = torch.full((1, 16, 4), 1 / 16)
+    on_subject = masks.flatten(1)[0] / 4
+    specific[0, :, 1] = on_subject  # class noun: all mass on the subject
+    specific[0, :, 2] = (1 - masks.flatten(1)[0]) / 12  # context noun: all mass off it
+    same_map = specific.clone()
+    same_map[0, :, 2] = on_subject  # the context noun points at the subject too (the failure it fixes)
+    valid = torch.tensor([True])
+    assert localisation_loss({"l": specific}, ids, masks, valid, inside, outside) < 1e-6
+    assert localisation_loss({"l": same_map}, ids, masks, valid, inside, outside) == pytest.approx(0.5)
+    assert localisation_loss({"l": same_map}, ids, masks, torch.tensor([False]), inside, outside) == 0  # too noisy: no target
 
 
 def test_blip_subject_encoder_matches_the_shipped_generator():

@@ -29,7 +29,8 @@ def run_stages(stage: str, out: Path, work: Path, smoke: bool = False, max_steps
             cfg = VaeConfig(steps=30, n_images=256, tiny=True, checkpoint_every=10) if smoke else VaeConfig()
             train_vae(out, work, cfg)
         elif name == "t2i":
-            cfg = T2iConfig(steps=30, n_images=256, batch_size=8, tiny=True, checkpoint_every=10, export_every=15) if smoke else T2iConfig()
+            cfg = T2iConfig(steps=30, n_images=256, batch_size=8, tiny=True, checkpoint_every=10, export_every=15,
+                            attention_loss_from=15) if smoke else T2iConfig()
             cfg.max_steps_this_run = max_steps
             train_t2i(out, work, cfg)
         else:

@@ -3,10 +3,17 @@
 v-prediction and standardised latents (what made the prototype's colours and backgrounds right),
 caption dropout for classifier-free guidance, EMA weights exported as a diffusers folder that
 `StableDiffusionPipeline.from_pretrained` loads.
+
+Optional (switchable, stated in the model card): an auxiliary attention-localisation loss from the
+renderer's masks. Plain training made the class word's cross-attention say *where the object is*
+but not *which word names it* (context words got the same map); real SD's maps are word-specific
+and Pick-and-Draw depends on that, so from `attention_loss_from` on, the class noun's map is pulled
+inside the subject mask and the context noun's map outside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import random
@@ -19,8 +26,10 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 from transformers import CLIPTokenizer
 
+from ....harness.attention import capture_cross_attention
 from ..captions import caption
 from ..tokenizer import build_tokenizer_files
+from ..world import CLASSES, CONTEXTS
 from .architectures import make_schedulers, make_text_encoder, make_unet
 from .common import TRAIN_SEED_BASE, Ema, LossLog, atomic_torch_save, batches, cosine_lr, progress, rendered_set, to_tensor
 
@@ -36,8 +45,37 @@ class T2iConfig:
     checkpoint_every: int = 200
     export_every: int = 1000
     seed: int = 0
+    attention_loss: float = 0.1  # weight of the localisation loss (0 disables it)
+    attention_loss_from: int = 5000  # the step it was switched on for the shipped model
+    attention_loss_max_t: int = 700  # no localisation target at timesteps noisier than this
     tiny: bool = False
     max_steps_this_run: int | None = None  # stop early (smoke runs, time-boxed sessions)
+
+
+def localisation_words(tokenizer: CLIPTokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of the class nouns (should attend inside the subject) and context nouns (outside)."""
+    def ids(words):
+        return torch.tensor(sorted({i for w in words for i in tokenizer(w, add_special_tokens=False).input_ids}))
+    return ids(CLASSES), ids({phrase.split()[-1] for phrase in CONTEXTS.values() if phrase})
+
+
+def localisation_loss(maps: dict[str, torch.Tensor], ids: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor,
+                      inside_ids: torch.Tensor, outside_ids: torch.Tensor) -> torch.Tensor:
+    """Mean over layers of (class-noun mass outside the mask) + (context-noun mass inside the mask),
+    each word's map normalised to sum 1 over pixels. masks: [B, 1, H, W] in [0, 1]; valid: [B]."""
+    inside_cols = torch.isin(ids, inside_ids) & valid[:, None]
+    outside_cols = torch.isin(ids, outside_ids) & valid[:, None]
+    if not (inside_cols.any() or outside_cols.any()):
+        return masks.new_zeros(())
+    terms = []
+    for amap in maps.values():  # [B, pixels, tokens]
+        side = int(amap.shape[1] ** 0.5)
+        mk = F.adaptive_avg_pool2d(masks, side).flatten(1)  # [B, pixels]
+        share = amap / amap.sum(1, keepdim=True).clamp_min(1e-8)
+        mass_in = (share * mk[:, :, None]).sum(1)  # [B, tokens]
+        loss = ((1 - mass_in) * inside_cols).sum() + (mass_in * outside_cols).sum()
+        terms.append(loss / (inside_cols.sum() + outside_cols.sum()).clamp_min(1))
+    return torch.stack(terms).mean()
 
 
 @torch.no_grad()
@@ -57,9 +95,11 @@ def train_t2i(out: Path, work: Path, cfg: T2iConfig) -> Path:
     sd = out / "sd"
     tokenizer = CLIPTokenizer.from_pretrained(build_tokenizer_files(sd / "tokenizer"))
     vae = AutoencoderKL.from_pretrained(sd / "vae").eval()
-    scenes, images, _ = rendered_set(cfg.n_images, TRAIN_SEED_BASE, work / "cache")
+    scenes, images, masks = rendered_set(cfg.n_images, TRAIN_SEED_BASE, work / "cache")
     latents = encode_latents(vae, images, work / "cache")
+    masks = F.adaptive_avg_pool2d(torch.from_numpy(masks)[:, None].float(), latents.shape[-1]).half()
     del images
+    inside_ids, outside_ids = localisation_words(tokenizer)
     text_encoder = make_text_encoder(tokenizer, cfg.tiny)
     unet = make_unet(text_encoder.config.hidden_size, cfg.tiny)
     train_sched, _ = make_schedulers()
@@ -93,8 +133,14 @@ def train_t2i(out: Path, work: Path, cfg: T2iConfig) -> Path:
         t = torch.randint(0, train_sched.config.num_train_timesteps, (len(idx),), generator=gen)
         noisy = train_sched.add_noise(x0, noise, t)
         target = train_sched.get_velocity(x0, noise, t)
-        pred = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
-        loss = F.mse_loss(pred, target)
+        localise = cfg.attention_loss > 0 and step >= cfg.attention_loss_from
+        with capture_cross_attention(unet, keep_grad=True) if localise else contextlib.nullcontext() as captured:
+            pred = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
+        loss = diffusion = F.mse_loss(pred, target)
+        if localise:
+            valid = t <= cfg.attention_loss_max_t
+            loc = localisation_loss(captured.maps, ids, masks[torch.as_tensor(idx)].float(), valid, inside_ids, outside_ids)
+            loss = diffusion + cfg.attention_loss * loc
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -102,8 +148,9 @@ def train_t2i(out: Path, work: Path, cfg: T2iConfig) -> Path:
         ema_unet.update(unet)
         ema_text.update(text_encoder)
         if (step + 1) % 25 == 0:
-            log.write(step=step + 1, loss=loss.item(), lr=opt.param_groups[0]["lr"])
-            progress("t2i", step, cfg.steps, loss.item(), started, start)
+            extra = {"localisation": round(loc.item(), 5)} if localise else {}
+            log.write(step=step + 1, loss=diffusion.item(), lr=opt.param_groups[0]["lr"], **extra)
+            progress("t2i", step, cfg.steps, diffusion.item(), started, start)
         done = step + 1 == stop
         if (step + 1) % cfg.checkpoint_every == 0 or done:
             state = {
