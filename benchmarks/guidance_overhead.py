@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from persobench.datasets import datasets
-from persobench.harness.config import DatasetConfig, load_config
+from persobench.harness.config import DatasetConfig, SamplerConfig, load_config
 from persobench.harness.models import EMBEDDED
 from persobench.harness.runner import ImageJob, generate
 from persobench.harness.seeding import image_seed
@@ -50,7 +50,7 @@ def main() -> None:
     p.add_argument("--arch", choices=["toy", "sd15"], default="toy")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32")
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--batch", type=int, default=SamplerConfig().batch_size, help="default: sampler.batch_size's default")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--repeats", type=int, default=3)
     a = p.parse_args()

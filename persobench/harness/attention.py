@@ -11,16 +11,31 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import weakref
 from collections.abc import Iterable, Iterator
 
 import torch
 
 from ..errors import UserError
 
+_MODULES: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, torch.nn.Module]] = weakref.WeakKeyDictionary()
+
+
+def _cross_attention_modules(unet: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Processor name -> its Attention module, found once per UNet: guidance opens a capture several
+    times per step, and diffusers' `attn_processors` / `set_attn_processor` walk the whole module tree
+    each time (about 6% of a toy-model forward)."""
+    found = _MODULES.get(unet)
+    if found is None:
+        found = {f"{name}.processor": module for name, module in unet.named_modules()
+                 if name.endswith("attn2") and hasattr(module, "processor")}
+        _MODULES[unet] = found
+    return found
+
 
 def cross_attention_layers(unet: torch.nn.Module) -> list[str]:
     """Names of every cross-attention processor of a UNet (`...attn2.processor`)."""
-    return [name for name in unet.attn_processors if name.endswith("attn2.processor")]
+    return list(_cross_attention_modules(unet))
 
 
 def layer_resolution(unet: torch.nn.Module, name: str) -> int:
@@ -129,13 +144,14 @@ def capture_cross_attention(unet: torch.nn.Module, layers: Iterable[str] | None 
     unknown = [n for n in chosen + feature_layers if n not in available]
     if unknown:
         raise UserError(f"unknown cross-attention layer(s) {unknown}; this UNet has: {', '.join(available)}")
-    original = dict(unet.attn_processors)
+    modules = _cross_attention_modules(unet)
     capture = Capture()
-    patched = dict(original)
+    original = {}
     for name in dict.fromkeys(chosen + feature_layers):
-        patched[name] = RecordingProcessor(name, capture, keep_grad, feature if name in feature_layers else None)
-    unet.set_attn_processor(patched)
+        original[name] = modules[name].processor
+        modules[name].processor = RecordingProcessor(name, capture, keep_grad, feature if name in feature_layers else None)
     try:
         yield capture
     finally:
-        unet.set_attn_processor(original)
+        for name, processor in original.items():
+            modules[name].processor = processor

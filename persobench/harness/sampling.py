@@ -39,6 +39,10 @@ class StepContext:
 
 
 class Hook(Protocol):
+    """Edits z_t before the step's noise prediction. A hook may also define `wrap_denoiser(unet)`
+    returning a callable with the UNet's signature, used for the step's main forward (Pick-and-Draw
+    puts its template rows in that batch)."""
+
     def __call__(self, step: int, t: torch.Tensor, latents: torch.Tensor, ctx: StepContext) -> torch.Tensor: ...
 
 
@@ -76,13 +80,17 @@ def denoise(
     embeds = torch.cat([conditioning.uncond, conditioning.cond]) if do_cfg else conditioning.cond
     ctx = StepContext(unet, scheduler, conditioning, cfg_scale, num_steps)
     extra = _step_kwargs(scheduler, eta, step_generators)
+    model = unet
+    for hook in hooks:
+        wrap = getattr(hook, "wrap_denoiser", None)
+        model = wrap(model) if wrap is not None else model
     for i, t in enumerate(scheduler.timesteps):
         for hook in hooks:
             latents = hook(i, t, latents, ctx)
         model_in = torch.cat([latents] * 2) if do_cfg else latents
         model_in = scheduler.scale_model_input(model_in, t)
         with torch.no_grad():
-            pred = unet(model_in, t, encoder_hidden_states=embeds).sample
+            pred = model(model_in, t, encoder_hidden_states=embeds).sample
         if do_cfg:
             uncond, cond = pred.chunk(2)
             pred = uncond + cfg_scale * (cond - uncond)
