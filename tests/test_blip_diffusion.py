@@ -51,9 +51,10 @@ def test_run_with_guidance_on_all_four_methods(tiny_world, make_config):
     assert np.isfinite(blip["seed"]).all()
 
 
-def test_missing_encoder_and_real_backend_are_clear_errors(world, tmp_path):
+def test_missing_encoder_and_missing_real_weights_are_clear_errors(world, tmp_path, monkeypatch):
     components, _, subjects = world
     with pytest.raises(UserError, match="persobench toyworld train --stage blip"):
         methods.get("blip-diffusion")({"encoder": str(tmp_path / "none")}, components).fit(subjects["ball1"], tmp_path / "f", 0)
-    with pytest.raises(UserError, match="backend 'real'.*not implemented yet"):
-        methods.get("blip-diffusion")({"backend": "real"}, components)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="Salesforce/blipdiffusion.*not found.*method_params.blip-diffusion.weights"):
+        methods.get("blip-diffusion")({"backend": "real"}, components)  # the paper weights are not in this cache

@@ -33,11 +33,13 @@ class Fitted:
     text_encoder: torch.nn.Module
     identifier: str  # the word(s) that name this subject in prompts ("" for vanilla SD)
     class_word: str | None = None  # the class noun as prompts say it (None: the subject's; "" to omit)
+    prompt_reps: int = 1  # BLIP-Diffusion's prompt strengthening: the class-noun form appended reps-1 times
 
     def prompt(self, template: str) -> str:
         """A DreamBench template ('a {0} {1} in the snow') in this method's wording."""
         noun = self.subject.class_noun if self.class_word is None else self.class_word
-        return " ".join(template.format(self.identifier, noun).split())
+        first = " ".join(template.format(self.identifier, noun).split())
+        return ", ".join([first] + [self.clip_text(template)] * (self.prompt_reps - 1))
 
     def clip_text(self, template: str) -> str:
         """The text CLIP-T scores against: the class-noun form, without the identifier."""

@@ -1,14 +1,21 @@
-"""BLIP-Diffusion-style zero-shot subject conditioning (Li et al., NeurIPS 2023), toy backend.
+"""BLIP-Diffusion zero-shot subject conditioning (Li et al., NeurIPS 2023): real and toy backends.
 
 A subject encoder turns the reference image(s) into K subject embeddings that replace K placeholder
 tokens in the prompt ("a <subject>x K ball in the snow") at the text encoder's token-embedding layer;
 there is no per-subject training (`fit` only encodes and caches). The adapter exposes the subject's
 token columns (placeholders + class noun) through `Fitted`, and CLIP-T keeps the original prompt.
 
-Backends: `toy` (the project's encoder trained on the toy world: the toy DINO ViT, frozen, plus
-learned queries cross-attending to its tokens, projected into the text encoder's input space; see
-`datasets/toyworld/training/blip.py`). The `real` backend (Salesforce/blipdiffusion weights: Q-Former
-+ ContextCLIPTextModel) is not implemented yet and says so.
+Backends, one adapter:
+- `real`: the Salesforce/blipdiffusion folder (qformer, text_encoder, tokenizer, unet, image_processor)
+  from a path or the local hub cache. The Q-Former is our plain-torch port (`blip_qformer.py`, the
+  checkpoint's keys); the ContextCLIPTextModel's weights are a CLIPTextModel's, and its "context
+  embeddings inserted at position 2" are exactly Q placeholder tokens after "a " whose embeddings are
+  overwritten, so prompts keep the length-77 layout the model was trained with and token columns
+  stay right for guidance. `prompt_reps` repeats the class-noun prompt as the pipeline does (20).
+  Sampling uses the run's VAE (SD 1.5's, as BLIP-Diffusion's) and BLIP-Diffusion's own UNet.
+- `toy`: the project's encoder trained on the toy world: the toy DINO ViT, frozen, plus learned
+  queries cross-attending to its tokens, projected into the text encoder's input space (see
+  `datasets/toyworld/training/blip.py`).
 """
 
 from __future__ import annotations
@@ -104,10 +111,79 @@ class SplicedTextEncoder(torch.nn.Module):
 class BlipParams:
     backend: Literal["toy", "real"] = "toy"
     encoder: str | None = None  # toy: the subject encoder folder (default: the embedded one)
+    weights: str = "Salesforce/blipdiffusion"  # real: folder or hub id (local cache) in the published layout
+    qformer_tokenizer: str = "bert-base-uncased"  # real: the Q-Former's BERT tokenizer (folder or cached hub id)
     num_references: int | None = None  # references averaged into the subject embeddings; None = all
+    prompt_reps: int = 1  # the pipeline repeats the prompt 20 times (prompt_strength 1.0 x prompt_reps 20)
 
 
-PRESETS = {"toy": {"backend": "toy"}, "paper": {"backend": "real"}}
+PRESETS = {"toy": {"backend": "toy"}, "paper": {"backend": "real", "prompt_reps": 20}}
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def _resolve_weights(source: str) -> Path:
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(source, local_files_only=True))
+        except Exception:
+            raise UserError(f"BLIP-Diffusion weights '{source}' not found as a folder or in the local Hugging Face cache; "
+                            "download Salesforce/blipdiffusion on a connected machine or pass "
+                            "method_params.blip-diffusion.weights=<folder>") from None
+    missing = [p for p in ("qformer", "text_encoder", "tokenizer", "unet") if not (path / p).is_dir()]
+    if missing:
+        raise UserError(f"'{source}' is not a BLIP-Diffusion folder (missing {', '.join(missing)}); "
+                        "pass method_params.blip-diffusion.weights=<Salesforce/blipdiffusion folder>")
+    return path
+
+
+class RealBlip:
+    """The published model's parts, loaded once per run."""
+
+    def __init__(self, params: BlipParams, components: SDComponents) -> None:
+        from diffusers import UNet2DConditionModel
+        from transformers import BertTokenizer, CLIPTextModel, CLIPTokenizer
+
+        from .blip_qformer import QFormer
+
+        root = _resolve_weights(params.weights)
+        dev, dtype = components.device, components.dtype
+        self.qformer = QFormer.from_folder(root / "qformer").to(dev, dtype)
+        try:
+            self.bert = BertTokenizer.from_pretrained(params.qformer_tokenizer, local_files_only=True)
+        except Exception:
+            raise UserError(f"the Q-Former tokenizer '{params.qformer_tokenizer}' is not a folder or in the local Hugging Face "
+                            "cache; pass method_params.blip-diffusion.qformer_tokenizer=<BERT tokenizer folder>") from None
+        self.tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
+        self.tokenizer.add_tokens([PLACEHOLDER])
+        self.text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", torch_dtype=dtype)
+        self.text_encoder.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+        self.text_encoder.to(dev).eval().requires_grad_(False)
+        self.unet = UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=dtype).to(dev).eval().requires_grad_(False)
+        if self.unet.config.in_channels != components.unet.config.in_channels:
+            raise UserError(f"BLIP-Diffusion's UNet takes {self.unet.config.in_channels} latent channels, the run's VAE "
+                            f"gives {components.unet.config.in_channels}; use an SD 1.x model.source")
+        processor = root / "image_processor" / "preprocessor_config.json"
+        pre = json.loads(processor.read_text()) if processor.is_file() else {}
+        size = pre.get("size", {"height": 224})
+        self.image_size = size["height"] if isinstance(size, dict) else int(size)
+        self.mean, self.std = pre.get("image_mean", CLIP_MEAN), pre.get("image_std", CLIP_STD)
+        self.num_queries = self.qformer.query_tokens.shape[1]
+
+    @torch.no_grad()
+    def embed(self, images: list, class_noun: str) -> torch.Tensor:
+        """Reference images -> [Q, H] subject embeddings (the mean over references)."""
+        from PIL import Image
+
+        dev, dtype = self.qformer.query_tokens.device, self.qformer.query_tokens.dtype
+        arr = np.stack([np.asarray(im.convert("RGB").resize((self.image_size,) * 2, Image.BICUBIC), np.float32) / 255 for im in images])
+        mean, std = torch.tensor(self.mean)[:, None, None], torch.tensor(self.std)[:, None, None]
+        pixels = (torch.from_numpy(arr).permute(0, 3, 1, 2) - mean) / std
+        text = self.bert([class_noun] * len(images), return_tensors="pt", padding=True)
+        out = self.qformer(pixels.to(dev, dtype), text.input_ids.to(dev), text.attention_mask.to(dev))
+        return out.float().mean(0)
 
 
 @register_method("blip-diffusion")
@@ -118,11 +194,11 @@ class BlipDiffusion:
 
     def __init__(self, params: dict[str, Any], components: SDComponents) -> None:
         self.params = resolve_params(BlipParams, PRESETS, params, self.name)
-        if self.params.backend == "real":
-            raise UserError("blip-diffusion backend 'real' (Salesforce/blipdiffusion weights) is not implemented yet; "
-                            "use method_params.blip-diffusion.backend=toy on the embedded model")
+        if self.params.prompt_reps < 1:
+            raise UserError(f"blip-diffusion prompt_reps must be >= 1, got {self.params.prompt_reps}")
         self.components = components
         self._encoder: tuple[SubjectEncoder, dict] | None = None
+        self._real = RealBlip(self.params, components) if self.params.backend == "real" else None
 
     @staticmethod
     def fit_steps(params: dict[str, Any]) -> int:
@@ -137,6 +213,8 @@ class BlipDiffusion:
         return self._encoder
 
     def fit(self, subject: Subject, folder: Path, seed: int, progress=None) -> Fitted:
+        if self._real is not None:
+            return self._fit_real(subject, folder)
         c = self.components
         encoder, config = self.encoder()
         if config["text_dim"] != c.text_encoder.config.hidden_size:
@@ -162,4 +240,20 @@ class BlipDiffusion:
         inner.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         text_encoder = SplicedTextEncoder(inner, tokenizer.convert_tokens_to_ids(PLACEHOLDER), embeddings.to(c.device)).eval()
         identifier = " ".join([PLACEHOLDER] * len(embeddings))
-        return Fitted(self.name, subject, c, c.unet, tokenizer, text_encoder, identifier=identifier)
+        return Fitted(self.name, subject, c, c.unet, tokenizer, text_encoder, identifier=identifier, prompt_reps=self.params.prompt_reps)
+
+    def _fit_real(self, subject: Subject, folder: Path) -> Fitted:
+        real, c = self._real, self.components
+        saved = folder / "subject_embeddings.safetensors"
+        if saved.is_file():
+            embeddings = load_file(saved)["subject"]
+        else:
+            refs = subject.images()
+            embeddings = real.embed(refs if self.params.num_references is None else refs[: self.params.num_references], subject.class_noun)
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file({"subject": embeddings.contiguous().cpu()}, saved)
+        placeholder = real.tokenizer.convert_tokens_to_ids(PLACEHOLDER)
+        text_encoder = SplicedTextEncoder(real.text_encoder, placeholder, embeddings.to(c.device)).eval()
+        identifier = " ".join([PLACEHOLDER] * real.num_queries)
+        return Fitted(self.name, subject, c, real.unet, real.tokenizer, text_encoder, identifier=identifier,
+                      prompt_reps=self.params.prompt_reps)
