@@ -23,9 +23,11 @@ def test_run_scores_every_image_and_writes_tables(scored_config):
     point = run(cfg)
     scores = pd.read_parquet(point / "scores.parquet")
     assert len(scores) == 8
-    for col in ("dino", "clip_i", "clip_t", "oracle_identity"):
+    for col in ("dino", "clip_i", "clip_t", "oracle_identity", "oracle_attributes"):
         assert scores[col].between(-1, 1).all(), col
     assert scores["oracle_context"].isna().any() or scores["oracle_context"].notna().all()
+    # graded identity: the fraction of (class, primary, secondary, pattern) read right, never below the strict score
+    assert (scores["oracle_attributes"] >= scores["oracle_identity"]).all() and (scores["oracle_attributes"] * 4 % 1 == 0).all()
     table = pd.read_csv(point / "table.csv")
     assert set(table["split"]) == {"all", "object", "live"}
     md = (point / "table.md").read_text()

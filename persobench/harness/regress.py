@@ -23,7 +23,8 @@ from .config import RunConfig, load_config, stable_hash, to_dict
 from .models import load_components
 from .runner import run
 
-DEFAULT_TOLERANCES = {"dino": 0.02, "clip_i": 0.02, "clip_t": 0.01, "oracle_identity": 0.1, "oracle_context": 0.1}
+DEFAULT_TOLERANCES = {"dino": 0.02, "clip_i": 0.02, "clip_t": 0.01, "oracle_identity": 0.1, "oracle_attributes": 0.05,
+                      "oracle_context": 0.1}
 GATE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "regress.yaml"
 
 

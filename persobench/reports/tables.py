@@ -15,8 +15,9 @@ import pandas as pd
 from ..harness.atomic import atomic_path, write_text
 from .markdown import markdown_table
 
-METRIC_COLUMNS = ["dino", "clip_i", "clip_t", "oracle_identity", "oracle_context"]
-LABELS = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "oracle_identity": "Oracle-ID", "oracle_context": "Oracle-Ctx"}
+METRIC_COLUMNS = ["dino", "clip_i", "clip_t", "oracle_identity", "oracle_attributes", "oracle_context"]
+LABELS = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "oracle_identity": "Oracle-ID", "oracle_attributes": "Oracle-Attr",
+          "oracle_context": "Oracle-Ctx"}
 KEYS = ["method", "guidance"]
 
 # Published DreamBench numbers (DINO, CLIP-I, CLIP-T), shown beside real-scale runs. Transcribed from

@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 MAX_TABLE_ROWS = 200  # thumbnails per operating point
-SCORE_COLUMNS = ["dino", "clip_i", "clip_t", "oracle_identity", "oracle_context"]
+SCORE_COLUMNS = ["dino", "clip_i", "clip_t", "oracle_identity", "oracle_attributes", "oracle_context"]
 
 
 def log_to_wandb(run_root: Path, points: list[Path], table: pd.DataFrame, mode: str, project: str) -> list[str]:

@@ -100,7 +100,7 @@ def clip_t(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"clip_t": scale_clip_t(cos, ctx.cfg.clip_t_scale)})
 
 
-@metrics.register("oracle", "toy world only: oracle identity and context accuracy against ToyBench's ground truth")
+@metrics.register("oracle", "toy world only: oracle identity (strict, per attribute) and context accuracy vs ToyBench's ground truth")
 def oracle(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
     from ...datasets.toyworld.evaluate import load_oracle, oracle_read
     from ...datasets.toyworld.training.common import to_tensor
@@ -113,16 +113,18 @@ def oracle(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
     arr = np.stack([np.asarray(im.convert("RGB").resize((64, 64), Image.BICUBIC)) for im in ctx.images])
     read = oracle_read(model, heads, to_tensor(arr))
     phrase_to_context = {v: k for k, v in CONTEXTS.items() if v}
-    identity, context = [], []
+    identity, attributes, context = [], [], []
     for i, row in enumerate(frame.itertuples()):
         truth = ctx.ground_truth[row.subject]["identity"]
         recolour = next((c for c in COLOURS if row.prompt_template.startswith(f"a {c} ")), None)
         want = {"class": truth["cls"], "secondary": truth["secondary"], "pattern": truth["pattern"],
                 "primary": recolour or truth["primary"]}
-        identity.append(float(all(read[k][i] == v for k, v in want.items())))
+        hits = [read[k][i] == v for k, v in want.items()]
+        identity.append(float(all(hits)))  # strict: class, both colours and pattern all right
+        attributes.append(float(np.mean(hits)))  # graded: the fraction of them right
         ctx_name = next((name for phrase, name in phrase_to_context.items() if row.prompt_template.endswith(phrase)), None)
         context.append(float(read["context"][i] == ctx_name) if ctx_name else np.nan)
-    return pd.DataFrame({"oracle_identity": identity, "oracle_context": context})
+    return pd.DataFrame({"oracle_identity": identity, "oracle_attributes": attributes, "oracle_context": context})
 
 
 def protocol(cfg: MetricsConfig) -> dict:
