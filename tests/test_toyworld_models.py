@@ -83,6 +83,20 @@ def test_smoke_training_of_the_generator_gives_a_loadable_pipeline(tmp_path):
     assert logged[-1]["step"] == 25 and 0 <= logged[-1]["localisation"] <= 1
 
 
+def test_decoder_fine_tune_keeps_the_latent_space(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from persobench.datasets.toyworld.training.stages import run_stages
+
+    run_stages("vae", tmp_path / "out", tmp_path / "work", smoke=True)
+    before = AutoencoderKL.from_pretrained(tmp_path / "out" / "sd" / "vae").state_dict()
+    run_stages("vae-decoder", tmp_path / "out", tmp_path / "work", smoke=True)
+    after = AutoencoderKL.from_pretrained(tmp_path / "out" / "sd" / "vae").state_dict()
+    encoder = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)  # the t2i model's latents stay valid
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+
+
 def test_localisation_loss_rewards_word_specific_maps():
     from persobench.datasets.toyworld.training.t2i import localisation_loss
 

@@ -7,9 +7,9 @@ from pathlib import Path
 from .blip import train_blip
 from .evaluators import EvaluatorConfig, train_clip, train_dino, train_oracle
 from .t2i import T2iConfig, train_t2i
-from .vae import VaeConfig, train_vae
+from .vae import DecoderConfig, VaeConfig, train_vae, train_vae_decoder
 
-ORDER = ("vae", "t2i", "clip", "dino", "oracle", "blip")  # blip needs t2i and dino
+ORDER = ("vae", "t2i", "vae-decoder", "clip", "dino", "oracle", "blip")  # blip needs t2i and dino; vae-decoder keeps latents
 EVALUATORS = {
     "clip": (train_clip, EvaluatorConfig(steps=3000)),
     "dino": (train_dino, EvaluatorConfig(steps=2000)),
@@ -28,6 +28,9 @@ def run_stages(stage: str, out: Path, work: Path, smoke: bool = False, max_steps
         if name == "vae":
             cfg = VaeConfig(steps=30, n_images=256, tiny=True, checkpoint_every=10) if smoke else VaeConfig()
             train_vae(out, work, cfg)
+        elif name == "vae-decoder":
+            smoke_cfg = DecoderConfig(steps=20, n_images=256, tiny=True, checkpoint_every=10)
+            train_vae_decoder(out, work, smoke_cfg if smoke else DecoderConfig())
         elif name == "t2i":
             cfg = T2iConfig(steps=30, n_images=256, batch_size=8, tiny=True, checkpoint_every=10, export_every=15,
                             attention_loss_from=15) if smoke else T2iConfig()

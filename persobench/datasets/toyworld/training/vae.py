@@ -89,3 +89,67 @@ def export_vae(vae: torch.nn.Module, images, out: Path) -> Path:
     target = out / "sd" / "vae"
     vae.save_pretrained(target)
     return target
+
+
+@dataclasses.dataclass
+class DecoderConfig:
+    steps: int = 6000
+    batch_size: int = 16
+    lr: float = 3e-4
+    n_images: int = 20000
+    checkpoint_every: int = 250
+    seed: int = 1
+    tiny: bool = False
+
+
+def train_vae_decoder(out: Path, work: Path, cfg: DecoderConfig) -> Path:
+    """Stage `vae-decoder`: fine-tune only the decoder (and post_quant_conv) of the shipped VAE on its
+    own encoder's latent means. The latent space, and so the t2i model trained on it, is unchanged
+    (SD's ft-MSE decoder did the same); the 2,000-step VAE stage alone stopped at ~24.7 dB."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(cfg.seed)
+    target = out / "sd" / "vae"
+    vae = AutoencoderKL.from_pretrained(target)
+    ckpt_path, start = work / "vae-decoder.ckpt", 0
+    trainable = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=True)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    _, images, _ = rendered_set(cfg.n_images, TRAIN_SEED_BASE, work / "cache")
+    log, started = LossLog(work / "vae-decoder.loss.jsonl"), time.time()
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+    vae.train()
+    for step, idx in batches(len(images), cfg.batch_size, cfg.seed, start):
+        if step >= cfg.steps:
+            break
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
+        x = to_tensor(images[idx])
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+        rec = vae.decode(z).sample
+        mse = F.mse_loss(rec, x)
+        loss = mse + F.l1_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 50 == 0:
+            log.write(step=step + 1, loss=loss.item(), psnr=10 * torch.log10(4.0 / mse.detach()).item())
+            progress("vae-decoder", step, cfg.steps, loss.item(), started, start)
+        done = step + 1 == cfg.steps
+        if (step + 1) % cfg.checkpoint_every == 0 or done:
+            atomic_torch_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1}, ckpt_path)
+        if (step + 1) % 1000 == 0 or done:
+            vae.eval()
+            tmp = target.with_name("vae.saving")
+            vae.save_pretrained(tmp)  # then swap in, so a reader never sees half a folder
+            for f in tmp.iterdir():
+                f.replace(target / f.name)
+            tmp.rmdir()
+            vae.train()
+    return target
