@@ -110,6 +110,18 @@ def test_template_sharing_the_main_batch_equals_a_separate_template(components, 
     assert not cond_hook.pending_template  # every template step computed ahead was used
 
 
+@pytest.mark.parametrize("steps", ["[0, 1.0]", "[0.5, 1.0]"])
+def test_template_is_the_vanilla_trajectory_from_the_same_noise(components, ball, tmp_path, steps):
+    """Whatever the guided range, the layout template is the vanilla model sampled from the same
+    initial noise with the template prompt (advanced from step 0, also before a later range)."""
+    from persobench.harness.sampling import denoise
+
+    hook, z = guided_hook(components, ball, tmp_path, f"guidance.steps={steps}")
+    denoise(components.unet, build_scheduler("ddim", components.scheduler_config), z, hook.inp.cond, 6, 5.0, hooks=[hook])
+    vanilla = denoise(components.unet, build_scheduler("ddim", components.scheduler_config), z, hook.inp.template_cond, 6, 5.0)
+    assert torch.allclose(hook.template_latents, vanilla, atol=1e-4), (hook.template_latents - vanilla).abs().max()
+
+
 def test_guidance_off_is_bit_identical_and_zero_weights_change_no_image(make_config):
     """Guidance off (the unguided rows of a compare run) reproduces the plain loop bit for bit; with both
     weights 0 guidance only computes, and images equal the plain loop's up to the rounding of the

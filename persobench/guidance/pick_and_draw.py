@@ -138,10 +138,13 @@ class PickAndDraw:
 
     def __call__(self, step: int, t: torch.Tensor, latents: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         self.current_step, self.cfg_scale = step, ctx.cfg_scale
-        if step not in self.guided:
+        if step >= self.guided.stop:
             return latents
         a, lay = self.cfg.appearance, self.cfg.layout
+        # the template follows the vanilla trajectory from the first step, also before a later guided range
         template = self._template(step, t) if lay.enabled else {}
+        if step not in self.guided:
+            return latents
         palette = self._palette(step, t) if a.enabled else ([], [])
         eta = self.step_size(step)
         z = latents
@@ -203,7 +206,7 @@ class _SharedTemplateDenoiser:
     def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
         g = self.guide
         nxt = g.current_step + 1
-        if nxt not in g.guided:
+        if nxt >= g.guided.stop or not g.cfg.layout.enabled:
             return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states)
         tc, z, n = g.inp.template_cond, g.template_latents, len(sample)
         t_next = g.template_scheduler.timesteps[nxt]
