@@ -13,7 +13,7 @@ ORDER = ("vae", "t2i", "vae-decoder", "clip", "dino", "oracle", "blip")  # blip 
 EVALUATORS = {
     "clip": (train_clip, EvaluatorConfig(steps=3000)),
     "dino": (train_dino, EvaluatorConfig(steps=2000)),
-    "oracle": (train_oracle, EvaluatorConfig(steps=4500)),  # 1,500 steps read secondary colours at 0.87
+    "oracle": (train_oracle, EvaluatorConfig(steps=4000)),  # 1,500 steps read secondary colours at 0.87
     "blip": (train_blip, EvaluatorConfig(steps=1000, batch_size=16, lr=1e-3)),
 }
 
