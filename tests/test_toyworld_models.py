@@ -124,3 +124,12 @@ def test_blip_subject_encoder_matches_the_shipped_generator():
     with torch.no_grad():
         out = encoder(torch.zeros(1, 3, 64, 64))
     assert out.shape == (1, config["num_queries"], config["text_dim"])
+
+
+def test_training_minutes_count_a_resumed_run_from_its_first_report(tmp_path):
+    from persobench.datasets.toyworld.cards import training_minutes
+
+    log = tmp_path / "train.log"
+    log.write_text("[t2i] step 5025/40000 loss 0.2 0.5 it/s eta 1 min\r[t2i] step 5085/40000 loss 0.2 0.5 it/s eta 1 min\n"
+                   "[t2i] step 25/40000 loss 0.2 1.0 it/s eta 1 min\n[t2i] step 85/40000 loss 0.2 1.0 it/s eta 1 min\n")
+    assert training_minutes(log, "t2i") == pytest.approx((60 / 0.5 + 60 / 1.0) / 60)

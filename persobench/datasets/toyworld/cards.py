@@ -53,10 +53,12 @@ def training_minutes(log: Path, stage: str) -> float | None:
     if not log.is_file():
         return None
     pattern = re.compile(rf"\[{stage}\] step (\d+)/\d+ loss [\d.]+ ([\d.]+) it/s")
-    last, seconds = 0, 0.0
+    last, seconds = None, 0.0
     for m in pattern.finditer(log.read_text()):
         step, rate = int(m.group(1)), float(m.group(2))
-        if step > last and rate > 0:
+        if last is None or step < last:  # a run (or a resumed run) starts: count from its first report
+            last = step
+        elif rate > 0:
             seconds += (step - last) / rate
         last = step
     return seconds / 60 if seconds else None
