@@ -82,3 +82,20 @@ def test_killed_run_resumes_to_the_uninterrupted_result(make_config, tiny_model,
     assert not [p for p in killed.rglob("*") if p.name.endswith(".tmp")]
     frame = pd.read_parquet(killed / "default" / "points" / "main" / "records.parquet")
     assert len(frame) == 12 and frame["image"].is_unique
+
+
+def test_model_fingerprint_ignores_model_cards_but_not_weights(tiny_model, tmp_path):
+    import shutil
+
+    from persobench.harness.models import fingerprint
+
+    folder = tmp_path / "sd"
+    shutil.copytree(tiny_model, folder)
+    before = fingerprint(folder)
+    (folder / "MODEL_CARD.md").write_text("# rewritten card\n")
+    assert fingerprint(folder) == before  # a re-written card must not invalidate fits, caches or the gate baseline
+    weights = next(folder.glob("unet/*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert fingerprint(folder) != before

@@ -62,11 +62,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def fingerprint(path: Path) -> str:
-    """Hash of configs, file sizes, and the content of weight files under 256 MB."""
+    """Hash of configs, file sizes, and the content of weight files under 256 MB (model cards excluded)."""
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         rel = f.relative_to(path).as_posix()
-        if rel.startswith(".") or "/." in rel or rel == "TRAINED_STEPS":
+        if rel.startswith(".") or "/." in rel or rel == "TRAINED_STEPS" or f.suffix == ".md":  # docs never change a model
             continue
         size = f.stat().st_size
         h.update(f"{rel}:{size}\n".encode())
