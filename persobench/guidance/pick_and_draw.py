@@ -206,7 +206,7 @@ class _SharedTemplateDenoiser:
     def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
         g = self.guide
         nxt = g.current_step + 1
-        if nxt >= g.guided.stop or not g.cfg.layout.enabled:
+        if nxt >= g.guided.stop:  # wrap_denoiser only wraps when layout drawing is on
             return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states)
         tc, z, n = g.inp.template_cond, g.template_latents, len(sample)
         t_next = g.template_scheduler.timesteps[nxt]
