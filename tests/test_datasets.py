@@ -33,6 +33,22 @@ def test_renderer_is_deterministic_in_the_scene():
     assert 0.1 < a.mask.mean() < 0.7  # the subject is a real, sizeable region
 
 
+
+def test_renderer_counts_the_secondary_colour_only_where_it_shows():
+    pose = Pose(0.5, 0.55, 0.3, 0.0, False)
+
+    def shown(cls, pattern, **kw):
+        return render(Scene(Identity(cls, "blue", "yellow", pattern, "coarse", 0.0), pose, seed=1, **kw)).secondary_pixels
+
+    assert shown("ball", "plain") == 0  # no pattern, no trim: the secondary colour is nowhere
+    assert shown("ball", "checkered") > 100 and shown("vase", "plain") > 0  # pattern / the vase's lip
+    repainted = Scene(Identity("ball", "blue", "red", "checkered", "coarse", 0.0), pose, prop="red", seed=1)
+    assert render(repainted).secondary_pixels == 0  # "a red ball" repaints the primary into the secondary's colour
+    assert 0 < shown("cat", "plain", accessory="hat") < shown("cat", "plain")  # the hat covers the inner ears
+    image = render(Scene(Identity("ball", "blue", "yellow", "checkered", "coarse", 0.0), pose, seed=1)).image
+    yellow = (image[..., 0] > 200) & (image[..., 1] > 170) & (image[..., 2] < 90)
+    assert abs(int(yellow.sum()) - shown("ball", "checkered")) < 0.25 * shown("ball", "checkered")
+
 def test_toybench_export_reads_with_the_dreambench_loader(tmp_path):
     out = export_toybench(tmp_path / "tb", per_class=2, references=4)
     bench = load_dreambench(out)

@@ -86,15 +86,49 @@ def test_smoke_training_of_the_generator_gives_a_loadable_pipeline(tmp_path):
 def test_decoder_fine_tune_keeps_the_latent_space(tmp_path):
     from diffusers import AutoencoderKL
 
+    from persobench.datasets.toyworld.training.common import rendered_set, to_tensor
     from persobench.datasets.toyworld.training.stages import run_stages
 
     run_stages("vae", tmp_path / "out", tmp_path / "work", smoke=True)
-    before = AutoencoderKL.from_pretrained(tmp_path / "out" / "sd" / "vae").state_dict()
+    folder = tmp_path / "out" / "sd" / "vae"
+    before = AutoencoderKL.from_pretrained(folder).eval()
     run_stages("vae-decoder", tmp_path / "out", tmp_path / "work", smoke=True)
-    after = AutoencoderKL.from_pretrained(tmp_path / "out" / "sd" / "vae").state_dict()
-    encoder = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
-    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)  # the t2i model's latents stay valid
-    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    after = AutoencoderKL.from_pretrained(folder).eval()
+    assert list(after.config.block_out_channels) == [2 * c for c in before.config.block_out_channels]
+    x = to_tensor(rendered_set(8, 5_000_000)[1])
+    with torch.no_grad():
+        z = before.encode(x).latent_dist.mean
+        assert torch.allclose(after.encode(x).latent_dist.mean, z, atol=1e-4)  # the t2i model's latents stay valid
+        assert (after.decode(z).sample - before.decode(z).sample).abs().mean() > 1e-3  # the decoder was trained
+    # a finished checkpoint meeting a stale (narrow) folder re-exports the wide decoder it holds
+    before.save_pretrained(folder)
+    run_stages("vae-decoder", tmp_path / "out", tmp_path / "work", smoke=True)
+    again = AutoencoderKL.from_pretrained(folder)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in after.state_dict().items())
+    # a wide folder without the checkpoint that made it is not widened twice
+    (tmp_path / "work" / "vae-decoder.ckpt").unlink()
+    with pytest.raises(ValueError, match="already holds a widened decoder"):
+        run_stages("vae-decoder", tmp_path / "out", tmp_path / "work", smoke=True)
+
+
+def test_widening_preserves_the_vae_function():
+    from persobench.datasets.toyworld.training.architectures import make_vae
+    from persobench.datasets.toyworld.training.vae import widen_vae
+
+    torch.manual_seed(0)
+    vae = make_vae(tiny=True).eval()
+    for p in vae.parameters():  # away from the default init, so a wrong split shows
+        p.data.add_(0.1 * torch.randn_like(p))
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    exact, noisy = widen_vae(vae, noise=0.0).eval(), widen_vae(vae, noise=0.05).eval()
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist.mean
+        assert torch.allclose(exact.encode(x).latent_dist.mean, z, atol=1e-4)
+        assert torch.allclose(noisy.encode(x).latent_dist.mean, z, atol=1e-4)  # noise goes to the decoder only
+        ref = vae.decode(z).sample
+        assert torch.allclose(exact.decode(z).sample, ref, atol=1e-4)
+        assert 0 < (noisy.decode(z).sample - ref).abs().mean() < 0.1 * ref.abs().mean()
+    assert sum(p.numel() for p in exact.decoder.parameters()) > 3 * sum(p.numel() for p in vae.decoder.parameters())
 
 
 def test_localisation_loss_rewards_word_specific_maps():

@@ -20,6 +20,7 @@ class Rendered:
     image: np.ndarray  # uint8 HxWx3
     mask: np.ndarray  # bool HxW, the subject (accessories included)
     scene: Scene
+    secondary_pixels: int = 0  # pixels showing the secondary colour (0 where it equals the shown primary)
 
 
 def _rgb(name: str) -> np.ndarray:
@@ -181,6 +182,7 @@ def render(scene: Scene, size: int = 64) -> Rendered:
         obj = obj + (1 - obj) * 0.9 * spec
     mask = body.copy()
     img = np.where(body[..., None], obj, img)
+    shown = body & secondary  # where the secondary colour shows, until something is drawn over it
 
     if ident.cls == "cat":  # eyes and nose: what makes it a creature
         for side in (-1, 1):
@@ -188,13 +190,16 @@ def render(scene: Scene, size: int = 64) -> Rendered:
             glint = (u - side * 0.27 + 0.04) ** 2 + (v - 0.01) ** 2 < 0.045**2
             img[eye] = (0.05, 0.05, 0.05)
             img[glint] = (1.0, 1.0, 1.0)
+            shown &= ~eye
         nose = (u**2 / 0.1**2 + (v - 0.35) ** 2 / 0.07**2) < 1
         img[nose] = (0.9, 0.45, 0.55)
+        shown &= ~nose
         if scene.accessory == "hat":
             hat = (v < -0.55) & (v > -1.35) & (np.abs(u) < 0.25 + (v + 1.35) * 0.35)
             brim = (np.abs(u) < 0.75) & (v > -0.62) & (v < -0.48)
             img[hat | brim] = (0.85, 0.1, 0.1)
             mask |= hat | brim
+            shown &= ~(hat | brim)
         elif scene.accessory == "glasses":
             lens = np.zeros_like(mask)
             for side in (-1, 1):
@@ -202,7 +207,11 @@ def render(scene: Scene, size: int = 64) -> Rendered:
                 lens |= (d < 0.24**2) & (d > 0.17**2)
             bridge = (np.abs(u) < 0.1) & (np.abs(v - 0.0) < 0.03)
             img[lens | bridge] = (1.0, 0.4, 0.75)
+            shown &= ~(lens | bridge)
 
     img = img.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE, 3).mean(axis=(1, 3))
     mask = mask.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3)) > 0.5
-    return Rendered(image=(np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), mask=mask, scene=scene)
+    shown = shown.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3)) > 0.5
+    distinct = ident.secondary != scene.shown_primary
+    return Rendered(image=(np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), mask=mask, scene=scene,
+                    secondary_pixels=int(shown.sum()) if distinct else 0)

@@ -29,7 +29,8 @@ def run_stages(stage: str, out: Path, work: Path, smoke: bool = False, max_steps
             cfg = VaeConfig(steps=30, n_images=256, tiny=True, checkpoint_every=10) if smoke else VaeConfig()
             train_vae(out, work, cfg)
         elif name == "vae-decoder":
-            smoke_cfg = DecoderConfig(steps=20, n_images=256, tiny=True, checkpoint_every=10)
+            smoke_cfg = DecoderConfig(steps=20, wide_steps=10, n_images=256, tiny=True, checkpoint_every=10,
+                                     export_every=10)
             train_vae_decoder(out, work, smoke_cfg if smoke else DecoderConfig())
         elif name == "t2i":
             cfg = T2iConfig(steps=30, n_images=256, batch_size=8, tiny=True, checkpoint_every=10, export_every=15,
