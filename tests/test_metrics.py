@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,8 @@ def test_run_scores_every_image_and_writes_tables(scored_config):
         assert scores[col].between(-1, 1).all(), col
     assert scores["oracle_context"].isna().any() or scores["oracle_context"].notna().all()
     # graded identity: the fraction of (class, primary, secondary, pattern) read right, never below the strict score
-    assert (scores["oracle_attributes"] >= scores["oracle_identity"]).all() and (scores["oracle_attributes"] * 4 % 1 == 0).all()
+    fractions = (scores["oracle_attributes"] * 12).round(6) % 1 == 0  # of 4 attributes, or 3 without the secondary
+    assert (scores["oracle_attributes"] >= scores["oracle_identity"]).all() and fractions.all()
     table = pd.read_csv(point / "table.csv")
     assert set(table["split"]) == {"all", "object", "live"}
     md = (point / "table.md").read_text()
@@ -98,3 +100,26 @@ def test_published_reference_rows_for_real_scale_tables():
     row = layout[layout["Method"].str.contains("DreamBooth")].iloc[0]
     assert (row["DINO"], row["CLIP-I"], row["CLIP-T"]) == ("0.668", "0.803", "0.305")
     assert len(paper_layout(aggregate(frame, 0))) == 1
+
+
+def test_oracle_scores_the_secondary_colour_only_where_the_prompt_lets_it_show(monkeypatch):
+    """box1 is red with purple trim: 'a purple box' shows no secondary colour, 'a box' does."""
+    import torch
+    from PIL import Image
+
+    from persobench.datasets.toyworld import evaluate
+    from persobench.harness.config import MetricsConfig
+    from persobench.reports.metrics.scores import ScoringContext, oracle
+
+    truth = {"cls": "box", "primary": "red", "secondary": "purple", "pattern": "plain", "scale": "fine", "shape": 0.0}
+    # an oracle that reads everything right except the secondary colour
+    read = {"class": ["box"] * 2, "primary": ["purple", "red"], "secondary": ["green"] * 2, "pattern": ["plain"] * 2,
+            "context": ["studio"] * 2, "accessory": ["none"] * 2}
+    monkeypatch.setattr(evaluate, "load_oracle", lambda *a: (None, None))
+    monkeypatch.setattr(evaluate, "oracle_read", lambda *a: read)
+    ctx = ScoringContext(Path("."), {}, MetricsConfig(), torch.device("cpu"), [Image.new("RGB", (64, 64))] * 2,
+                         {"box1": {"identity": truth}})
+    frame = pd.DataFrame({"subject": ["box1", "box1"], "prompt_template": ["a purple {0} {1}", "a {0} {1}"]})
+    scores = oracle(ctx, frame)
+    assert scores["oracle_identity"].tolist() == [1.0, 0.0]
+    assert scores["oracle_attributes"].tolist() == [1.0, 0.75]

@@ -24,7 +24,9 @@ MODELS = {
            "noun's outside it. Plain training (5,000 steps) left the maps non-specific (class 0.26 vs context 0.31 of their mass "
            "in the mask); this world's attention-based guidance (Pick-and-Draw) therefore fares better than on a model trained "
            "without it. The VAE decoder was then fine-tuned alone (`vae-decoder` stage, encoder frozen, so the latent space the "
-           "UNet learned is unchanged)."),
+           "UNet learned is unchanged): 6,000 steps at the encoder's 16/32/64 width, then every channel doubled "
+           "function-preservingly (Net2Net: `training/vae.py::widen_vae`; the encoder's output is unchanged, its weights are "
+           "duplicated) and the 32/64/128 decoder trained 7,000 more steps."),
     "clip": ("Toy CLIP (open_clip)", "clip",
              "open_clip `create_model_and_transforms('local-dir:<folder>')`: ViT image tower (64 px, patch 8, width 128, 4 layers) "
              "+ CLIP BPE text tower (width 128, 3 layers), contrastive loss on rendered image-caption pairs (60% full captions)."),
@@ -38,7 +40,10 @@ MODELS = {
              "Trained against the t2i steps given in config.json: retrain after the t2i model changes."),
     "oracle": ("Toy oracle (timm ResNet classifier)", "oracle",
                "timm resnet10t with one softmax head per attribute (class, primary, secondary, pattern, context, accessory); "
-               "heads listed in config.json. Reads ground-truth attributes off any 64 px image."),
+               "heads listed in config.json. Reads ground-truth attributes off any 64 px image. `secondary` is scored on the "
+               "images where the secondary colour is drawn (`secondary_shown_fraction`; a plain ball has none, a hat can "
+               "cover a cat's inner ears, a colour property can repaint the primary into it); `secondary_all_images` "
+               "counts every image."),
 }
 
 

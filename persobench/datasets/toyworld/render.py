@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 
-from .world import COLOURS, Scene
+from .world import COLOURS, Identity, Pose, Scene
 
 SUPERSAMPLE = 2
 
@@ -215,3 +215,10 @@ def render(scene: Scene, size: int = 64) -> Rendered:
     distinct = ident.secondary != scene.shown_primary
     return Rendered(image=(np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), mask=mask, scene=scene,
                     secondary_pixels=int(shown.sum()) if distinct else 0)
+
+
+def secondary_drawn(identity: Identity, prop: str = "none", accessory: str = "none") -> bool:
+    """Whether an image of this subject (with this property / accessory) can show its secondary colour at
+    all, judged on a centred, upright render: a plain ball has none, "a purple ..." repaints a purple trim."""
+    pose = Pose(x=0.5, y=0.55, size=0.3, angle=0.0, flip=False)
+    return render(Scene(identity, pose, prop=prop, accessory=accessory)).secondary_pixels > 0

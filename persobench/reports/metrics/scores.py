@@ -100,11 +100,13 @@ def clip_t(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"clip_t": scale_clip_t(cos, ctx.cfg.clip_t_scale)})
 
 
-@metrics.register("oracle", "toy world only: oracle identity (strict, per attribute) and context accuracy vs ToyBench's ground truth")
+@metrics.register("oracle", "toy world only: oracle identity (strict, per attribute) and context accuracy vs ToyBench's "
+                  "ground truth; the secondary colour counts only where the prompt lets it show")
 def oracle(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
     from ...datasets.toyworld.evaluate import load_oracle, oracle_read
+    from ...datasets.toyworld.render import secondary_drawn
     from ...datasets.toyworld.training.common import to_tensor
-    from ...datasets.toyworld.world import COLOURS, CONTEXTS
+    from ...datasets.toyworld.world import ACCESSORIES, COLOURS, CONTEXTS, Identity
 
     if ctx.ground_truth is None:
         raise UserError("metric 'oracle' needs the toy world's ground truth (ground_truth.json): use dataset.name=toybench "
@@ -117,8 +119,11 @@ def oracle(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
     for i, row in enumerate(frame.itertuples()):
         truth = ctx.ground_truth[row.subject]["identity"]
         recolour = next((c for c in COLOURS if row.prompt_template.startswith(f"a {c} ")), None)
+        accessory = next((a for a, phrase in ACCESSORIES.items() if phrase and row.prompt_template.endswith(phrase)), "none")
         want = {"class": truth["cls"], "secondary": truth["secondary"], "pattern": truth["pattern"],
                 "primary": recolour or truth["primary"]}
+        if not secondary_drawn(Identity(**truth), recolour or "none", accessory):
+            del want["secondary"]  # e.g. "a purple ..." of a subject whose trim is purple: nothing to read
         hits = [read[k][i] == v for k, v in want.items()]
         identity.append(float(all(hits)))  # strict: class, both colours and pattern all right
         attributes.append(float(np.mean(hits)))  # graded: the fraction of them right

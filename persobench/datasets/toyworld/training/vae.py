@@ -94,7 +94,7 @@ def export_vae(vae: torch.nn.Module, images, out: Path) -> Path:
 @dataclasses.dataclass
 class DecoderConfig:
     steps: int = 6000  # phase 1: fine-tune the decoder at the encoder's width
-    wide_steps: int = 7000  # phase 2: widen every channel x2 (function-preserving), fine-tune again
+    wide_steps: int = 9000  # phase 2: widen every channel x2 (function-preserving), fine-tune again
     batch_size: int = 16
     lr: float = 3e-4
     n_images: int = 20000
