@@ -167,3 +167,14 @@ def test_training_minutes_count_a_resumed_run_from_its_first_report(tmp_path):
     log.write_text("[t2i] step 5025/40000 loss 0.2 0.5 it/s eta 1 min\r[t2i] step 5085/40000 loss 0.2 0.5 it/s eta 1 min\n"
                    "[t2i] step 25/40000 loss 0.2 1.0 it/s eta 1 min\n[t2i] step 85/40000 loss 0.2 1.0 it/s eta 1 min\n")
     assert training_minutes(log, "t2i") == pytest.approx((60 / 0.5 + 60 / 1.0) / 60)
+
+
+def test_eval_checks_each_measured_figure_against_its_bar():
+    from persobench.datasets.toyworld.evaluate import check_bars
+
+    bars = check_bars({"vae_psnr_db": 27.9, "oracle_accuracy": {"class": 0.99, "secondary": 0.94},
+                       "attention_mass_in_mask": {"class_word": 0.98, "context_word": 0.6}})
+    assert bars["vae psnr db"] == {"value": 27.9, "goal": 28.0, "met": False}
+    assert bars["oracle class"]["met"] and not bars["oracle secondary"]["met"]
+    assert bars["class word mass in mask"]["met"] and not bars["context word mass in mask"]["met"]
+    assert "generator class" not in bars and "dino auroc" not in bars  # not measured: not claimed

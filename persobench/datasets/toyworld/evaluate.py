@@ -167,6 +167,35 @@ def attention_specificity(n: int = 64, timestep: int = 400) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in out.items() if v}
 
 
+# The toy-world issue's quality bars: (figure path in the results, minimum). Word-specificity has no number
+# in the issue ("most of the class word's mass inside, context words' not"): class > 0.5 > context.
+BARS: dict[str, tuple[tuple[str, ...], float]] = {
+    "generator class": (("generator_oracle_accuracy", "class"), 0.9),
+    "generator context": (("generator_oracle_accuracy", "context"), 0.9),
+    "class word mass in mask": (("attention_mass_in_mask", "class_word"), 0.5),
+    "vae psnr db": (("vae_psnr_db",), 28.0),
+    "dino auroc": (("dino_auroc",), 0.95),
+    "clip top-1 of 100": (("clip_top1_of_100",), 0.9),
+    **{f"oracle {k}": (("oracle_accuracy", k), 0.95) for k in ORACLE_HEADS},
+}
+
+
+def check_bars(results: dict[str, object]) -> dict[str, dict[str, object]]:
+    """{bar: {value, goal, met}} for the bars whose figures were measured."""
+    out: dict[str, dict[str, object]] = {}
+    for name, (path, goal) in BARS.items():
+        value: object = results
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)):
+            out[name] = {"value": round(float(value), 4), "goal": goal, "met": float(value) >= goal}
+    context = results.get("attention_mass_in_mask")
+    if isinstance(context, dict) and "context_word" in context:
+        out["context word mass in mask"] = {"value": round(context["context_word"], 4), "goal": "< 0.5",
+                                            "met": context["context_word"] < 0.5}
+    return out
+
+
 def evaluate_all(stages: list[str]) -> dict[str, object]:
     sd = ASSETS / "sd"
     results: dict[str, object] = {}
@@ -183,4 +212,5 @@ def evaluate_all(stages: list[str]) -> dict[str, object]:
         results["attention_mass_in_mask"] = attention_specificity()
         steps = sd / "TRAINED_STEPS"
         results["t2i_trained_steps"] = int(steps.read_text()) if steps.exists() else None
+    results["bars"] = check_bars(results)
     return results
