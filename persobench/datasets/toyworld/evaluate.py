@@ -108,13 +108,14 @@ def dino_auroc(n: int = 200) -> float:
     return float((ranks[labels == 1].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
-def generator_accuracy(n: int = 200, steps: int = 30, cfg_scale: float = 5.0, batch: int = 25) -> dict[str, float]:
+def generator_accuracy(n: int = 200, steps: int = 30, cfg_scale: float = 5.0, batch: int = 25,
+                       source: str = "toyworld") -> dict[str, float]:
     """Sample 'a {class} {context}' with the default sampler; the oracle reads class and context."""
     from ...harness.config import ModelConfig
     from ...harness.models import load_components
     from ...harness.sampling import decode, sample_base
 
-    c = load_components(ModelConfig(source="toyworld", device="cpu"))
+    c = load_components(ModelConfig(source=source, device="cpu"))
     oracle, heads = load_oracle()
     items = [(cls, ctx) for ctx in PROMPT_CONTEXTS for cls in CLASSES]
     items = [items[i % len(items)] for i in range(n)]
@@ -131,7 +132,7 @@ def generator_accuracy(n: int = 200, steps: int = 30, cfg_scale: float = 5.0, ba
 
 
 @torch.no_grad()
-def attention_specificity(n: int = 64, timestep: int = 400) -> dict[str, float]:
+def attention_specificity(n: int = 64, timestep: int = 400, source: str = "toyworld") -> dict[str, float]:
     """Mean fraction of each word's cross-attention mass inside the subject mask (vs the mask's area)."""
     from ...harness.attention import capture_cross_attention
     from ...harness.config import ModelConfig
@@ -139,7 +140,7 @@ def attention_specificity(n: int = 64, timestep: int = 400) -> dict[str, float]:
     from ...harness.sampling import encode_text, token_positions
     from .training.architectures import make_schedulers
 
-    c = load_components(ModelConfig(source="toyworld", device="cpu"))
+    c = load_components(ModelConfig(source=source, device="cpu"))
     scenes, images, masks = rendered_set(n, EVAL_SEED_BASE + 40_000)
     prompts = [full_caption(s) for s in scenes]
     x0 = c.vae.encode(to_tensor(images)).latent_dist.mean
