@@ -29,7 +29,7 @@ def run_stages(stage: str, out: Path, work: Path, smoke: bool = False, max_steps
             cfg = VaeConfig(steps=30, n_images=256, tiny=True, checkpoint_every=10) if smoke else VaeConfig()
             train_vae(out, work, cfg)
         elif name == "vae-decoder":
-            smoke_cfg = DecoderConfig(steps=20, wide_steps=10, n_images=256, tiny=True, checkpoint_every=10,
+            smoke_cfg = DecoderConfig(steps=20, wide_steps=10, polish_steps=4, n_images=256, tiny=True, checkpoint_every=10,
                                      export_every=10)
             train_vae_decoder(out, work, smoke_cfg if smoke else DecoderConfig())
         elif name == "t2i":

@@ -95,6 +95,8 @@ def export_vae(vae: torch.nn.Module, images, out: Path) -> Path:
 class DecoderConfig:
     steps: int = 6000  # phase 1: fine-tune the decoder at the encoder's width
     wide_steps: int = 9000  # phase 2: widen every channel x2 (function-preserving), fine-tune again
+    polish_steps: int = 1500  # phase 3: MSE alone (PSNR's own loss) at a low constant rate
+    polish_lr: float = 3e-5
     batch_size: int = 16
     lr: float = 3e-4
     n_images: int = 20000
@@ -153,7 +155,8 @@ def train_vae_decoder(out: Path, work: Path, cfg: DecoderConfig) -> Path:
     own encoder's latent means. The latent space, and so the t2i model trained on it, is unchanged
     (SD's ft-MSE decoder did the same). The 2,000-step VAE stage alone stopped at ~24.7 dB and phase 1
     (6,000 steps at the encoder's 16/32/64 width) at 26.5 dB, so phase 2 doubles the width with
-    `widen_vae` (the encoder's output is unchanged) and trains the wider decoder."""
+    `widen_vae` (the encoder's output is unchanged) and trains the wider decoder (27.9 dB measured near
+    its end); phase 3 polishes it on MSE alone (300 steps: +0.085 dB vs +0.04 dB with L1 kept)."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(cfg.seed)
@@ -183,7 +186,7 @@ def train_vae_decoder(out: Path, work: Path, cfg: DecoderConfig) -> Path:
     opt = optimiser(vae)
     if state is not None and "opt" in state:
         opt.load_state_dict(state["opt"])
-    total = cfg.steps + cfg.wide_steps
+    total, polish_from = cfg.steps + cfg.wide_steps + cfg.polish_steps, cfg.steps + cfg.wide_steps
     log, started = LossLog(work / "vae-decoder.loss.jsonl"), time.time()
     vae.train()
     for step, idx in batches(len(images), cfg.batch_size, cfg.seed, start):
@@ -194,12 +197,13 @@ def train_vae_decoder(out: Path, work: Path, cfg: DecoderConfig) -> Path:
             vae.train()
             opt = optimiser(vae)
         phase_step, phase_len = (step - cfg.steps, cfg.wide_steps) if wide else (step, cfg.steps)
+        polish = step >= polish_from
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(phase_step, phase_len, cfg.lr)
+            g["lr"] = cfg.polish_lr if polish else cosine_lr(phase_step, phase_len, cfg.lr)
         x = to_tensor(images[idx])
         rec = vae.decode(latents[torch.from_numpy(idx)]).sample
         mse = F.mse_loss(rec, x)
-        loss = mse + F.l1_loss(rec, x)
+        loss = mse if polish else mse + F.l1_loss(rec, x)  # L1 sharpens early; the bar is PSNR, i.e. MSE
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
