@@ -26,7 +26,7 @@ MODELS = {
            "without it. The VAE decoder was then fine-tuned alone (`vae-decoder` stage, encoder frozen, so the latent space the "
            "UNet learned is unchanged): 6,000 steps at the encoder's 16/32/64 width, then every channel doubled "
            "function-preservingly (Net2Net: `training/vae.py::widen_vae`; the encoder's output is unchanged, its weights are "
-           "duplicated) and the 32/64/128 decoder trained 9,000 more steps (MSE + L1), then 1,500 on MSE alone at lr 3e-5."),
+           "duplicated) and the 32/64/128 decoder trained 9,000 more steps (MSE + L1), then 3,000 on MSE alone at lr 3e-5."),
     "clip": ("Toy CLIP (open_clip)", "clip",
              "open_clip `create_model_and_transforms('local-dir:<folder>')`: ViT image tower (64 px, patch 8, width 128, 4 layers) "
              "+ CLIP BPE text tower (width 128, 3 layers), contrastive loss on rendered image-caption pairs (60% full captions)."),
