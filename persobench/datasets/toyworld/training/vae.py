@@ -140,8 +140,15 @@ def widen_vae(vae, noise: float = 0.01, seed: int = 0):
 
 @torch.no_grad()
 def _latent_means(vae, images, cache: Path) -> torch.Tensor:
-    """fp32 latent means of the training images under the frozen encoder (computed once, cached)."""
-    path = cache / f"decoder-latents-{len(images)}.pt"
+    """fp32 latent means of the training images under the frozen encoder (computed once, cached under
+    the encoder's weights, so a retrained `vae` stage never meets stale latents)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for k, v in vae.state_dict().items():
+        if k.startswith(("encoder.", "quant_conv.")):
+            digest.update(k.encode() + v.cpu().numpy().tobytes())
+    path = cache / f"decoder-latents-{len(images)}-{digest.hexdigest()[:12]}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
     vae.eval()
