@@ -7,6 +7,7 @@ milliseconds on one core. The same `Scene` (including its seed) always gives the
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -217,6 +218,7 @@ def render(scene: Scene, size: int = 64) -> Rendered:
                     secondary_pixels=int(shown.sum()) if distinct else 0)
 
 
+@functools.lru_cache(maxsize=1024)  # the oracle metric asks once per image row; rows repeat (subject, prompt)
 def secondary_drawn(identity: Identity, prop: str = "none", accessory: str = "none") -> bool:
     """Whether an image of this subject (with this property / accessory) can show its secondary colour at
     all, judged on a centred, upright render: a plain ball has none, "a purple ..." repaints a purple trim."""
