@@ -18,7 +18,7 @@ MODELS = {
            "diffusers `StableDiffusionPipeline.from_pretrained(path)`; AutoencoderKL (64x64x3 -> 16x16x4, latents standardised "
            "per channel inside its 1x1 convs), CLIPTextModel + local CLIPTokenizer (whole-word BPE), UNet2DConditionModel "
            "(32/64/128 channels, cross-attention at 16x16 and 8x8), v-prediction, DDIM shipped with clip_sample=False, "
-           "set_alpha_to_one=False, steps_offset=1. EMA weights, fp16 on disk. Captions omit attributes at random; 10% caption "
+           "set_alpha_to_one=False, steps_offset=1. EMA weights, fp32 on disk (every part, so the plain call below needs no dtype argument). Captions omit attributes at random; 10% caption "
            "dropout. **Auxiliary attention-localisation loss: used** from UNet step 5,000 on (`T2iConfig.attention_loss` 0.1, "
            "timesteps <= 700): the renderer's masks pull the class noun's cross-attention inside the subject and the context "
            "noun's outside it. Plain training (5,000 steps) left the maps non-specific (class 0.26 vs context 0.31 of their mass "
@@ -44,6 +44,44 @@ MODELS = {
                "images where the secondary colour is drawn (`secondary_shown_fraction`; a plain ball has none, a hat can "
                "cover a cat's inner ears, a colour property can repaint the primary into it); `secondary_all_images` "
                "counts every image."),
+}
+
+
+# What each card tells a user to run, verbatim (from the repository root); tests/test_model_cards.py
+# executes every card's block as written, so a card can never promise a call that fails.
+LOAD = {
+    "sd": """from diffusers import StableDiffusionPipeline
+
+pipe = StableDiffusionPipeline.from_pretrained("persobench/assets/toyworld/sd")
+image = pipe("a red ball on the beach", num_inference_steps=20, guidance_scale=5.0).images[0]  # 64x64 PIL image""",
+    "clip": """import open_clip
+import torch
+from PIL import Image
+
+model, _, preprocess = open_clip.create_model_and_transforms("local-dir:persobench/assets/toyworld/clip")
+tokenizer = open_clip.get_tokenizer("local-dir:persobench/assets/toyworld/clip")
+with torch.no_grad():
+    image_features = model.encode_image(preprocess(Image.new("RGB", (64, 64), "red"))[None])
+    text_features = model.encode_text(tokenizer(["a red ball"]))""",
+    "dino": """import timm
+import torch
+
+model = timm.create_model("local-dir:persobench/assets/toyworld/dino", pretrained=True, num_classes=0).eval()
+with torch.no_grad():
+    embedding = model(torch.randn(1, 3, 64, 64))  # [1, 128]: the CLS token after the final norm""",
+    "oracle": """import torch
+from persobench.datasets.toyworld.evaluate import load_oracle, oracle_read
+
+model, heads = load_oracle()  # or load_oracle(Path("persobench/assets/toyworld/oracle"))
+attributes = oracle_read(model, heads, torch.zeros(1, 3, 64, 64))  # images in [-1, 1], 64 px""",
+    "blip": """from pathlib import Path
+
+import torch
+from persobench.methods.blip_diffusion import load_subject_encoder
+
+encoder, config = load_subject_encoder(Path("persobench/assets/toyworld/blip"))
+with torch.no_grad():
+    subject_embeddings = encoder(torch.zeros(1, 3, 64, 64))  # [1, queries, text width]""",
 }
 
 
@@ -91,6 +129,7 @@ def write_cards(assets: Path, figures: dict, work: Path) -> list[Path]:
         lines = [f"# {title}", "", f"**Data.** {DATA}", "", f"**Architecture and loading.** {arch}", "",
                  f"**Parameters.** {parameter_count(folder):,}", "",
                  f"**Training command.** `{TRAIN.format(stage=stage)}`", "",
+                 "## Load", "", "```python", LOAD[name], "```", "",
                  "**Training time (one CPU core, shared machine).** "
                  + ", ".join(f"{s}: {m:.0f} min" if m else f"{s}: not logged" for s, m in minutes.items()), ""]
         if name == "sd" and (folder / "TRAINED_STEPS").is_file():

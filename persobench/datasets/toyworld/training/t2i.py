@@ -168,16 +168,17 @@ def train_t2i(out: Path, work: Path, cfg: T2iConfig) -> Path:
 
 
 def export_pipeline(sd: Path, vae, tokenizer, unet, text_encoder, ema_unet: Ema, ema_text: Ema, step: int) -> None:
-    """Save the EMA weights (fp16 on disk) as a complete diffusers StableDiffusionPipeline folder."""
+    """Save the EMA weights as a complete diffusers StableDiffusionPipeline folder, fp32 like the VAE, so the
+    card's plain `StableDiffusionPipeline.from_pretrained(path)` runs with no dtype argument."""
     unet_out, text_out = copy.deepcopy(unet), copy.deepcopy(text_encoder)
     unet_out.load_state_dict(ema_unet.shadow)
     text_out.load_state_dict(ema_text.shadow)
     _, sampling = make_schedulers()
     pipe = StableDiffusionPipeline(
         vae=vae,
-        text_encoder=text_out.half(),
+        text_encoder=text_out.float(),
         tokenizer=tokenizer,
-        unet=unet_out.half(),
+        unet=unet_out.float(),
         scheduler=sampling,
         safety_checker=None,
         feature_extractor=None,
