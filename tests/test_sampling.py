@@ -15,19 +15,42 @@ def components(tiny_model):
     return load_components(ModelConfig(source=str(tiny_model), device="cpu"))
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "dpm++", "euler"])
-def test_loop_without_hooks_matches_diffusers_pipeline(tiny_model, components, scheduler):
+SCHEDULERS = ["ddim", "ddpm", "pndm", "dpm++", "euler", "euler-a"]
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+def test_loop_without_hooks_matches_diffusers_pipeline(tiny_model, components, scheduler, eta):
+    """Bit-identical latents to `StableDiffusionPipeline.__call__`: every scheduler, DDIM eta > 0 (eta is
+    passed to every scheduler whose step takes it, as the pipeline does), a negative prompt, and per-image
+    generators for the stochastic ones (ddpm, euler-a, ddim with eta > 0)."""
     pipe = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False)
     pipe.scheduler = build_scheduler(scheduler, components.scheduler_config)
     pipe.set_progress_bar_config(disable=True)
-    prompts = ["a red ball in the snow", "a cat at night"]
+    prompts, negative = ["a red ball in the snow", "a cat at night"], "a blurry photo"
     latents = initial_noise([1, 2], components.latent_shape)
-    ref = pipe(prompts, latents=latents.clone(), num_inference_steps=6, guidance_scale=4.0, height=64, width=64,
-               output_type="np").images
+
+    def generators():
+        return [torch.Generator("cpu").manual_seed(s) for s in (10, 20)]
+
+    ref = pipe(prompts, negative_prompt=[negative] * 2, latents=latents.clone(), num_inference_steps=6, guidance_scale=4.0,
+               eta=eta, generator=generators(), height=64, width=64, output_type="latent").images
     c = components
-    cond = Conditioning(encode_text(c.tokenizer, c.text_encoder, prompts), encode_text(c.tokenizer, c.text_encoder, ["", ""]))
-    out = denoise(c.unet, build_scheduler(scheduler, c.scheduler_config), latents.clone(), cond, 6, 4.0)
-    ours = np.stack([np.asarray(im) for im in decode(c.vae, out)])
+    cond = Conditioning(encode_text(c.tokenizer, c.text_encoder, prompts), encode_text(c.tokenizer, c.text_encoder, [negative] * 2))
+    out = denoise(c.unet, build_scheduler(scheduler, c.scheduler_config), latents.clone(), cond, 6, 4.0, eta=eta,
+                  step_generators=generators())
+    assert torch.equal(out, ref)
+    other = denoise(c.unet, build_scheduler(scheduler, c.scheduler_config), latents.clone(), cond, 6, 4.5, eta=eta,
+                    step_generators=generators())
+    assert not torch.equal(other, ref)  # the comparison can fail: another CFG scale moves the latents
+
+
+def test_decode_matches_the_pipeline_image_processor(tiny_model, components):
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False)
+    latents = torch.randn(2, *components.latent_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = pipe.image_processor.postprocess(pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample, output_type="np")
+    ours = np.stack([np.asarray(im) for im in decode(components.vae, latents)])
     assert np.array_equal(ours, (ref * 255).round().astype(np.uint8))
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -46,16 +47,30 @@ def reference(tiny_model, tmp_path_factory) -> dict[str, object]:
     return artefacts(store / "default")
 
 
-def test_two_processes_produce_the_same_store_as_one(tiny_model, tmp_path, reference):
+# the sharded run covers what is easiest to get wrong across processes: a trained LoRA fit and guidance
+SHARD_ARGS = ["dataset.subjects=[ball1, cat1]", "dataset.max_prompts=2", "dataset.images_per_prompt=2", "sampler.steps=6",
+              "sampler.batch_size=2", "metrics.names=[]", "report.wandb=disabled", "methods=[vanilla-sd, dreambooth-lora]",
+              "method_params={dreambooth-lora: {steps: 3, batch_size: 2}}", "guidance.name=pick-and-draw"]
+
+
+def test_two_processes_produce_the_same_store_as_one(tiny_model, tmp_path):
+    one = tmp_path / "one"
+    subprocess.run([*command(tiny_model, one), *SHARD_ARGS], env=ENV, check=True, capture_output=True)
     torchrun = shutil.which("torchrun")
     assert torchrun, "torchrun ships with torch"
     store = tmp_path / "sharded"
     launcher = [torchrun, "--nproc-per-node=2", f"--master-port={29500 + random.randrange(400)}", "-m"]
-    done = subprocess.run(command(tiny_model, store, launcher), env=ENV, capture_output=True, text=True)
+    done = subprocess.run([*command(tiny_model, store, launcher), *SHARD_ARGS], env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert artefacts(store / "default") == reference
+    shares = {int(m[0]): (int(m[1]), int(m[2])) for m in re.findall(r"rank (\d)/2: (\d+) fit unit\(s\), (\d+) image\(s\)", done.stderr)}
+    assert sorted(shares) == [0, 1], done.stderr[-2000:]
+    assert all(fits > 0 and images > 0 for fits, images in shares.values()), shares  # each rank did real work
+    assert sum(images for _, images in shares.values()) == 32  # 2 methods x {none, pick-and-draw} x 2 subjects x 2 x 2
+    assert artefacts(store / "default") == artefacts(one / "default")
     frame = pd.read_parquet(store / "default" / "points" / "main" / "records.parquet")
-    assert len(frame) == 24 and frame["image"].is_unique
+    assert len(frame) == 32 and frame["image"].is_unique
+    assert set(frame["guidance"]) == {"none", "pick-and-draw"} and set(frame["method"]) == {"vanilla-sd", "dreambooth-lora"}
+    assert any(p.name == "pytorch_lora_weights.safetensors" for p in (store / "default" / "fits").rglob("*"))
 
 
 def test_ten_kills_and_resumes_end_identical(tiny_model, tmp_path, reference):

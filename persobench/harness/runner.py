@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -162,6 +163,7 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
 
     with bar if progress is None else contextlib.nullcontext():
         mine = shard.split(units)
+        share = {"fit units": len(mine), "images": 0}  # what this process did, reported per rank when sharded
         task = bar.add_task("fit", total=len(mine))
         for method_name, make, subject in mine:  # fit jobs by (method, subject)
             fitted, _ = fit_subject(store, personalizer_for(method_name, make), components, subject, cfg.seed, bar)
@@ -199,7 +201,11 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
                         if not store.is_done(job.path):
                             record = _record(cfg, store, job, fitted, prompt, key, sample_key, per_image, guidance)
                             store.save_image(job.path, image, record)
+                            share["images"] += 1
             bar.advance(task)
+        if shard.world > 1:
+            print(f"rank {shard.rank}/{shard.world}: {share['fit units']} fit unit(s), {share['images']} image(s) sampled",
+                  file=sys.stderr, flush=True)
         shard.barrier()
     frame = pd.DataFrame.from_records([store.read_record(j.path) for j in all_jobs])
     if cfg.metrics.names:  # metric jobs by image: each process scores its rows, rank 0 merges
