@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -8,25 +9,32 @@ from persobench.methods import dreambooth_lora
 from persobench.methods.base import Fitted
 
 
-@pytest.fixture
-def gate(tmp_path, tiny_model, tiny_evaluators):
+SHIPPED = json.loads((Path(__file__).parent / "baselines" / "toyworld.json").read_text())["tolerances"]
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory):
+    """A small gate on the embedded toy world, judged with the shipped baseline's tolerances (not a
+    tolerance so tight that any change at all trips it): the sabotage tests below must fail it for
+    the reasons a real regression would."""
+    tmp_path = tmp_path_factory.mktemp("gate")
     config = {
         "name": "gate", "seed": 0, "methods": ["vanilla-sd", "dreambooth-lora"],
-        "method_params": {"dreambooth-lora": {"steps": 4, "lr": 0.05, "batch_size": 2, "rank": 4}},
-        "model": {"source": str(tiny_model), "device": "cpu"},
-        "sampler": {"steps": 4, "batch_size": 8},
-        "dataset": {"name": "toybench", "subjects": ["ball1", "cat1"], "max_prompts": 2, "images_per_prompt": 2},
-        "metrics": {"names": ["dino", "clip-i", "clip-t"], "dino_backbone": f"dino:{tiny_evaluators / 'dino'}",
-                    "clip_backbone": f"clip:{tiny_evaluators / 'clip'}", "bootstrap": 0},
+        "method_params": {"dreambooth-lora": {"preset": "toy", "steps": 60}},
+        "model": {"source": "toyworld", "device": "cpu"},
+        "sampler": {"steps": 10, "batch_size": 8},
+        "dataset": {"name": "toybench", "subjects": ["ball2"], "max_prompts": 2, "images_per_prompt": 2},
+        "metrics": {"names": ["dino", "clip-i", "clip-t"], "bootstrap": 0},
         "report": {"wandb": "disabled"},
-        "guidance": {"name": "pick-and-draw", "step_size": [200.0, 100.0]},
+        "guidance": {"name": "pick-and-draw"},
     }
     path = tmp_path / "gate.yaml"
     path.write_text(yaml.safe_dump(config))
     baseline = tmp_path / "baseline.json"
     assert main(["regress", str(path), "--baseline", str(baseline), "--update", "--reason", "first baseline"]) == 0
     data = json.loads(baseline.read_text())
-    data["tolerances"] = {k: 1e-4 for k in data["tolerances"]}  # the gate is deterministic on CPU
+    assert SHIPPED and set(SHIPPED) >= {"dino", "clip_i", "clip_t"}
+    data["tolerances"] = SHIPPED
     baseline.write_text(json.dumps(data))
     return path, baseline
 
