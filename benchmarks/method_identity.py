@@ -1,6 +1,6 @@
 """Per-subject identity of every method against vanilla SD, from a finished run (the README's table).
 
-    OMP_NUM_THREADS=1 persobench run configs/toy_per_subject.yaml
+    OMP_NUM_THREADS=1 persobench run configs/toy/per_subject.yaml
     python benchmarks/method_identity.py runs/toy-per-subject
 
 Prints, per method: mean DINO / CLIP-I / CLIP-T / oracle scores, on how many subjects its mean DINO and
@@ -23,7 +23,7 @@ def main() -> None:
     root = Path(a.run)
     points = [root] if (root / "scores.parquet").is_file() else sorted(q.parent for q in root.glob("points/*/scores.parquet"))
     if not points:
-        raise SystemExit(f"no finished run point under {root}; run `persobench run configs/toy_per_subject.yaml` first")
+        raise SystemExit(f"no finished run point under {root}; run `persobench run configs/toy/per_subject.yaml` first")
     point = points[0]
     frame = pd.read_parquet(point / "scores.parquet")  # the records with one column per metric
     frame = frame[frame["guidance"] == "none"]

@@ -54,6 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"point {_point_name(point)}: {w['subjects']} subjects; fits {w['fits']} (steps {w['fit_steps']}); "
                   f"{w['images']} images x {cfg.sampler.steps} steps; {w['metric_passes']} metric passes; "
                   f"~{w['gpu_hours_estimate']} GPU-hours")
+            print(f"  {len(w['rows'])} table rows (method/guidance): {', '.join(w['rows'])}")
         print(f"total ~{total:.2f} GPU-hours (A100-class, SD 1.5 fp16 512 px unit costs: {UNIT_SECONDS})")
         return 0
     with progress_bar() as bar:

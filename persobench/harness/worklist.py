@@ -11,7 +11,14 @@ from .config import RunConfig
 
 # seconds per unit on one A100-class GPU, SD 1.5 fp16, 512 px (rough; see benchmarks/RESULTS.md)
 UNIT_SECONDS = {"image_step": 0.045, "fit_step": {"vanilla-sd": 0.0, "textual-inversion": 0.25, "dreambooth-lora": 0.35},
-                "metric_image": 0.01}
+                "metric_image": 0.01,
+                "guided_factor": 2.2}  # a Pick-and-Draw image costs ~2.2 plain ones (measured on the toy world, RESULTS.md)
+
+
+def guidance_rows(cfg: RunConfig) -> list[str]:
+    """The guidance settings every method is sampled with: the rows of the results table per method."""
+    name = cfg.guidance.name
+    return ["none"] if name == "none" else (["none", name] if cfg.guidance.compare_unguided else [name])
 
 
 def work_list(cfg: RunConfig) -> dict[str, object]:
@@ -26,11 +33,14 @@ def work_list(cfg: RunConfig) -> dict[str, object]:
 
     fit_steps = {m: methods.get(m).fit_steps(cfg.method_params.get(m, {})) for m in cfg.methods}
     fits = {m: len(subjects) if fit_steps[m] else 0 for m in cfg.methods}
-    images = images_per_method * len(cfg.methods)
+    settings = guidance_rows(cfg)
+    rows = [f"{m}/{g}" for m in cfg.methods for g in settings]
+    images = images_per_method * len(rows)
     metric_passes = images * len(cfg.metrics.names)
-    seconds = images * cfg.sampler.steps * UNIT_SECONDS["image_step"] * (2 if cfg.sampler.cfg_scale > 1 else 1) / 2
+    plain_equivalents = images_per_method * len(cfg.methods) * sum(1.0 if g == "none" else UNIT_SECONDS["guided_factor"] for g in settings)
+    seconds = plain_equivalents * cfg.sampler.steps * UNIT_SECONDS["image_step"] * (2 if cfg.sampler.cfg_scale > 1 else 1) / 2
     seconds += sum(fits[m] * fit_steps[m] * UNIT_SECONDS["fit_step"].get(m, 0.3) for m in cfg.methods)
     seconds += metric_passes * UNIT_SECONDS["metric_image"]
-    return {"subjects": len(subjects), "methods": list(cfg.methods), "fits": fits, "fit_steps": fit_steps,
+    return {"subjects": len(subjects), "methods": list(cfg.methods), "rows": rows, "fits": fits, "fit_steps": fit_steps,
             "images": images, "metric_passes": metric_passes, "gpu_hours_estimate": round(seconds / 3600, 2)}
 
