@@ -8,7 +8,6 @@ from persobench.harness.cli import main
 from persobench.methods import dreambooth_lora
 from persobench.methods.base import Fitted
 
-
 SHIPPED = json.loads((Path(__file__).parent / "baselines" / "toyworld.json").read_text())["tolerances"]
 
 
