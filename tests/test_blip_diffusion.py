@@ -1,7 +1,10 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from persobench.datasets import datasets
@@ -38,17 +41,43 @@ def test_fit_encodes_once_and_conditions_the_text(world, tmp_path):
     assert len(components.tokenizer) < len(fitted.tokenizer)  # the shared tokenizer is untouched
 
 
+def test_toy_backend_keeps_its_training_layout_unless_asked_for_the_pipelines(world, tmp_path):
+    """The toy encoder was trained with the placeholders before the class noun and is scored on the mean over
+    references (its README numbers); the pipeline's layout (token 2, one reference) is an option to it."""
+    components, _, subjects = world
+    encoder = str(Path(world[1].params.encoder))
+    marks = " ".join([PLACEHOLDER] * 4)
+    default = methods.get("blip-diffusion")({"encoder": encoder}, components)
+    assert {k: default.fit_signature()[k] for k in ("reference_mode", "query_position")} == {
+        "reference_mode": "average", "query_position": "before_class"}
+    fitted = default.fit(subjects["ball1"], tmp_path / "avg", 0)
+    assert fitted.prompt("a red {0} {1}") == f"a red {marks} ball"
+    pipeline_like = methods.get("blip-diffusion")({"encoder": encoder, "query_position": "start", "reference_mode": "first"}, components)
+    first = pipeline_like.fit(subjects["ball1"], tmp_path / "first", 0)
+    assert first.prompt("a red {0} {1}") == f"a {marks} red ball"
+    assert not torch.allclose(first.text_encoder.subject, fitted.text_encoder.subject)  # one reference, not the mean
+
+
 def test_run_with_guidance_on_all_four_methods(tiny_world, make_config):
     cfg = make_config(f"model.source={tiny_world / 'sd'}", "methods=[vanilla-sd, textual-inversion, dreambooth-lora, blip-diffusion]",
                       "dataset.subjects=[cat1]", "guidance.name=pick-and-draw",
                       "method_params={textual-inversion: {steps: 2, batch_size: 2}, dreambooth-lora: {steps: 2, batch_size: 2, rank: 2}, "
                       f"blip-diffusion: {{encoder: {tiny_world / 'blip'}}}}}")
-    frame = pd.read_parquet(run(cfg) / "records.parquet")
+    point = run(cfg)
+    frame = pd.read_parquet(point / "records.parquet")
     assert frame.groupby(["method", "guidance"]).size().to_dict() == {
         (m, g): 4 for m in ("vanilla-sd", "textual-inversion", "dreambooth-lora", "blip-diffusion") for g in ("none", "pick-and-draw")}
     blip = frame[frame["method"] == "blip-diffusion"]
     assert blip["prompt"].str.contains(PLACEHOLDER).all() and not blip["clip_text"].str.contains("<").any()
-    assert np.isfinite(blip["seed"]).all()
+    # methods are compared on the same noise: blip's image k of prompt p has vanilla's seed for (p, k)
+    pair = ["guidance", "prompt_template", "index"]
+    vanilla = frame[frame["method"] == "vanilla-sd"].set_index(pair)["seed"]
+    assert blip.set_index(pair)["seed"].sort_index().equals(vanilla.sort_index())
+    # and on that noise the subject embeddings change the picture
+    store = point.parent.parent  # <store>/<name>/points/<point>; records name images relative to <store>/<name>
+    differs = [not np.array_equal(np.asarray(Image.open(store / a)), np.asarray(Image.open(store / b)))
+               for a, b in zip(blip.sort_values(pair)["image"], frame[frame["method"] == "vanilla-sd"].sort_values(pair)["image"])]
+    assert all(differs)
 
 
 def test_missing_encoder_and_missing_real_weights_are_clear_errors(world, tmp_path, monkeypatch):

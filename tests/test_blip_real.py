@@ -171,3 +171,46 @@ def test_real_backend_bad_input(tiny_model, blip_weights, bert_vocab, params, me
     full["weights"] = full["weights"].replace("{tiny}", str(tiny_model))
     with pytest.raises(UserError, match=message):
         methods.get("blip-diffusion")(full, components)
+
+
+@pytest.fixture(scope="module")
+def real_method(tiny_model, blip_weights, bert_vocab):
+    def make(**extra):
+        components = load_components(ModelConfig(source=str(tiny_model), device="cpu"))
+        params = {"backend": "real", "weights": str(blip_weights), "qformer_tokenizer": str(bert_vocab), **extra}
+        return methods.get("blip-diffusion")(params, components)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def toy_subjects():
+    from persobench.datasets import datasets
+    from persobench.harness.config import DatasetConfig
+
+    return {s.name: s for s in datasets.get("toybench")(DatasetConfig()).subjects}
+
+
+def test_real_backend_queries_sit_at_token_2_as_in_the_pipeline(real_method, toy_subjects, tmp_path):
+    """pipeline_blip_diffusion.py inserts the query embeddings at ctx_begin_pos=2 for every prompt, property prompts too."""
+    from persobench.harness.sampling import token_positions
+
+    fitted = real_method().fit(toy_subjects["ball1"], tmp_path / "fit", 0)
+    marks = " ".join([PLACEHOLDER] * QUERIES)
+    for template, expected in [("a red {0} {1}", f"a {marks} red ball"), ("a {0} {1} on the beach", f"a {marks} ball on the beach")]:
+        prompt = fitted.prompt(template)
+        assert prompt == expected
+        assert token_positions(fitted.tokenizer, prompt, [PLACEHOLDER]) == list(range(2, 2 + QUERIES))
+
+
+def test_real_backend_takes_one_reference_unless_averaging_is_asked(real_method, toy_subjects, tmp_path):
+    """The pipeline conditions on one `reference_image`; `reference_mode: average` is the named deviation."""
+    subject = toy_subjects["ball1"]
+    refs = subject.images()
+    assert len(refs) > 1
+    method = real_method()
+    assert method.fit_signature()["reference_mode"] == "first"
+    one = method.fit(subject, tmp_path / "one", 0).text_encoder.subject
+    assert torch.allclose(one, method._real.embed(refs[:1], subject.class_noun))
+    averaged = real_method(reference_mode="average").fit(subject, tmp_path / "all", 0).text_encoder.subject
+    assert torch.allclose(averaged, method._real.embed(refs, subject.class_noun)) and not torch.allclose(one, averaged)

@@ -97,7 +97,8 @@ def test_dry_run_of_the_paper_config_counts_the_full_protocol(capsys, dreambench
     paper = Path(__file__).resolve().parent.parent / "configs" / "paper" / "dreambench.yaml"
     assert main(["run", "--dry-run", str(paper), f"dataset.path={dreambench}"]) == 0
     out = capsys.readouterr().out
-    assert "30 subjects" in out and "9000 images x 50 steps" in out and "27000 metric passes" in out
+    # 30 subjects x 25 prompts x 4 images x (4 methods x {none, pick-and-draw}); 3 metrics each
+    assert "30 subjects" in out and "24000 images x 50 steps" in out and "72000 metric passes" in out
     assert "'textual-inversion': 30" in out and "GPU-hours" in out
 
 

@@ -14,7 +14,7 @@ import re
 from functools import cached_property
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError
 
@@ -57,20 +57,37 @@ class Benchmark:
 
 
 def load_image(path: Path) -> Image.Image:
+    """An image as a viewer shows it, in RGB: the one loader for subject, reference and generated images,
+    so both sides of every similarity are read the same way.
+
+    EXIF orientation is applied (phone photos are often stored sideways with an Orientation tag), and
+    transparency is composited on white (DreamBench++'s `load_image` does both, white background
+    included); a plain `convert("RGB")` would instead expose whatever colour the transparent pixels hide.
+    """
     try:
         with Image.open(path) as im:
             im.load()
-            mode, size = im.mode, im.size
-            if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                raise UserError(f"image '{path}' is {mode} (16-bit or float); convert it to 8-bit RGB")
-            rgb = im.convert("RGB") if mode != "RGB" else im.copy()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                raise UserError(f"image '{path}' is {im.mode} (16-bit or float); convert it to 8-bit RGB")
+            upright = ImageOps.exif_transpose(im)
+            rgb = _on_white(upright) if _has_alpha(upright) else upright.convert("RGB")
     except UserError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UserError(f"image '{path}' cannot be read ({type(e).__name__}); replace or remove the file") from None
-    if min(size) < MIN_SIDE:
-        raise UserError(f"image '{path}' is {size[0]}x{size[1]}; subject images must be at least {MIN_SIDE} px a side")
+    if min(rgb.size) < MIN_SIDE:
+        raise UserError(f"image '{path}' is {rgb.size[0]}x{rgb.size[1]}; subject images must be at least {MIN_SIDE} px a side")
     return rgb
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    """An alpha channel (RGBA, LA, PA, ...) or a transparent palette index / colour key (`transparency`)."""
+    return "A" in im.getbands() or "transparency" in im.info
+
+
+def _on_white(im: Image.Image) -> Image.Image:
+    rgba = im.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
 
 
 def subject_images(folder: Path) -> tuple[Path, ...]:

@@ -10,6 +10,16 @@ palette comes from the inverted reference at the same step, computed once per su
 reused by every prompt and seed. The code paper is not public: every choice is a config field
 (`GuidanceConfig`) and the defaults are our reconstruction.
 
+Every scheduler persobench offers is served (tests/test_guidance_samplers.py):
+- the template starts from the initial noise times `init_noise_sigma`, feeds the UNet through
+  `scale_model_input`, and steps with the run's eta and its own per-image generators seeded like the
+  main run's (`step_seeds`), so on DDPM, Euler ancestral and DDIM eta > 0 it is the vanilla trajectory;
+  it has its own scheduler instance, so multistep state (DPM-Solver++, PNDM) is its own;
+- the guided fraction counts the loop's iterations (`len(scheduler.timesteps)`, longer than
+  `sampler.steps` on PNDM), and the palette has one latent per iteration (guidance/inversion.py);
+- the gradient step is taken in z_t, the UNet's input space (Euler's latents are z_t / sqrt(alpha_bar)),
+  so a step size means the same on every sampler.
+
 The hook sees denoisers, conditionings and token columns only, never a method.
 """
 
@@ -25,7 +35,7 @@ import torch
 from ..errors import UserError
 from ..harness.attention import capture_cross_attention, select_layers
 from ..harness.config import GuidanceConfig
-from ..harness.sampling import Conditioning, StepContext
+from ..harness.sampling import Conditioning, StepContext, _step_kwargs
 from .layout import layout_loss
 from .uremd import uremd
 
@@ -47,8 +57,10 @@ class GuidanceInputs:
     cond: Conditioning  # subject_positions: appearance-mask columns per prompt
     layout_positions: list[list[int]]  # columns whose maps should follow the template (class word)
     template_cond: Conditioning  # vanilla prompts; subject_positions: class-word columns
-    initial_latents: torch.Tensor
+    initial_latents: torch.Tensor  # the run's initial noise, before the scheduler's init_noise_sigma
     palette: Palette | None
+    eta: float = 0.0  # the sampler's eta (DDIM eta > 0 is stochastic)
+    step_seeds: list[int] | None = None  # seeds of the main run's per-image step generators
 
 
 def subject_mask(maps: torch.Tensor, columns: list[list[int]], tau: float, soft: bool) -> torch.Tensor:
@@ -77,11 +89,14 @@ class PickAndDraw:
             raise UserError("guidance.appearance needs a reference palette (the subject's images)")
         self.palette_layers = select_layers(inputs.unet, a.layers) if a.enabled else []
         self.layout_layers = select_layers(inputs.unet, lay.layers) if lay.enabled else []
-        start, end = int(cfg.steps[0] * num_steps), math.ceil(cfg.steps[1] * num_steps)
-        self.guided = range(start, max(start + 1, end))
-        self.template_latents = inputs.initial_latents.clone()
         self.template_scheduler = inputs.make_scheduler()
         self.template_scheduler.set_timesteps(num_steps, device=inputs.initial_latents.device)
+        self.guided = guided_steps(cfg.steps, len(self.template_scheduler.timesteps))
+        # the vanilla run's own start and step noise: init_noise_sigma (Euler), eta and per-image
+        # generators seeded like the main run's (runner.generate), so ancestral samplers match too
+        self.template_latents = inputs.initial_latents * self.template_scheduler.init_noise_sigma
+        gens = None if inputs.step_seeds is None else [torch.Generator("cpu").manual_seed(s) for s in inputs.step_seeds]
+        self.template_step_kwargs = _step_kwargs(self.template_scheduler, inputs.eta, gens)
         self.bad_steps: list[torch.Tensor] = []  # per guided step: any non-finite score (checked after sampling)
         self.current_step, self.cfg_scale = 0, 1.0
         self.pending_template: dict[int, dict[str, torch.Tensor]] = {}  # step -> template maps computed ahead
@@ -94,9 +109,11 @@ class PickAndDraw:
         return _SharedTemplateDenoiser(self, unet)
 
     def _advance_template(self, pred: torch.Tensor, t: torch.Tensor) -> None:
+        """One vanilla sampler step from the template's [uncond | cond] prediction (CFG as the loop: on above 1)."""
         u, c = pred.chunk(2)
+        eps = u + self.cfg_scale * (c - u) if self.cfg_scale > 1.0 else c
         z = self.template_latents
-        self.template_latents = self.template_scheduler.step(u + self.cfg_scale * (c - u), t, z, return_dict=False)[0]
+        self.template_latents = self.template_scheduler.step(eps, t, z, **self.template_step_kwargs, return_dict=False)[0]
 
     def step_size(self, i: int) -> float:
         first, last = self.cfg.step_size
@@ -147,16 +164,21 @@ class PickAndDraw:
             return latents
         palette = self._palette(step, t) if a.enabled else ([], [])
         eta = self.step_size(step)
-        z = latents
+        # descend in z_t, the space the UNet is fed: the scheduler's latents times its input scale
+        # (1, except Euler's sigma-space latents x = z_t / sqrt(alpha_bar)), so eta means the same on
+        # every sampler; the update is mapped back by the same factor
+        scale = _input_scale(ctx.scheduler, t, latents)
+        z0 = (latents.float() * scale) if scale is not None else latents.float()
+        delta = torch.zeros_like(z0)
         for _ in range(self.cfg.iterations):
             with torch.enable_grad():
-                z = z.detach().float().requires_grad_(True)
+                z = (z0 + delta).requires_grad_(True)
                 score, _, _ = self.score(z, t, template, palette, latents.dtype)
                 (grad,) = torch.autograd.grad(score.sum(), z)
             finite = torch.isfinite(score) & torch.isfinite(grad).flatten(1).all(1)
             self.bad_steps.append((~finite).any().view(1))
-            z = torch.where(finite[:, None, None, None], z.detach() - eta * grad, z.detach())
-        return z.to(latents.dtype)
+            delta = torch.where(finite[:, None, None, None], delta - eta * grad, delta)
+        return (latents.float() + (delta / scale if scale is not None else delta)).to(latents.dtype)
 
     def score(self, z: torch.Tensor, t: torch.Tensor, template: dict[str, torch.Tensor],
               palette: tuple[list[torch.Tensor], list[torch.Tensor]], dtype: torch.dtype):
@@ -177,7 +199,8 @@ class PickAndDraw:
             score = score + a.weight * app
         if lay.enabled:
             gen = [_maps_2d(cap.maps[n].float(), inp.layout_positions) for n in self.layout_layers]
-            lay_loss = layout_loss(gen, [template[n].float() for n in self.layout_layers], lay.kernel, lay.sigma)
+            lay_loss = layout_loss(gen, [template[n].float() for n in self.layout_layers], lay.kernel, lay.sigma,
+                                   lay.resolution_weighting)
             score = score + lay.weight * lay_loss
         return score, app, lay_loss
 
@@ -191,6 +214,20 @@ class PickAndDraw:
         if bad:
             raise UserError(f"Pick-and-Draw produced NaN/inf at guided step(s) {bad}; lower guidance.step_size or the "
                             "loss weights (no image was written)")
+
+
+def guided_steps(fractions: list[float], loop_steps: int) -> range:
+    """Loop iterations in the guided fraction; counted over the scheduler's timesteps, which PNDM
+    makes longer than `sampler.steps` (its Runge-Kutta warm-up revisits timesteps)."""
+    start, end = int(fractions[0] * loop_steps), math.ceil(fractions[1] * loop_steps)
+    return range(start, max(start + 1, end))
+
+
+def _input_scale(scheduler, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor | None:
+    """The factor `scale_model_input` applies at t, or None where it is the identity."""
+    one = torch.ones(1, device=latents.device, dtype=torch.float32)
+    scale = scheduler.scale_model_input(one, t)
+    return None if scale is one else scale.float()  # schedulers without input scaling return the input itself
 
 
 class _SharedTemplateDenoiser:

@@ -55,12 +55,22 @@ class DatasetConfig:
 
 @dataclasses.dataclass
 class MetricsConfig:
-    """DreamBench scoring; every field here moves a score and is written next to it."""
+    """DreamBench scoring; every field here moves a score and is written next to it.
+
+    `preset` (dreambench | dreambench++ | custom-diffusion, see reports/metrics/presets.py) sets the
+    published conventions below at once; fields written explicitly in the YAML or overrides win. The
+    defaults (preset null) are the toy world's, which the regression gate's baseline was made with.
+    """
 
     names: list[str] = dataclasses.field(default_factory=lambda: ["dino", "clip-i", "clip-t", "oracle"])
-    dino_backbone: str = "toy-dino"  # real: dino-vits16 (timm vit_small_patch16_224.dino)
-    clip_backbone: str = "toy-clip"  # real: clip-vit-b32 (open_clip ViT-B-32 / openai)
+    preset: str | None = None  # a published protocol's conventions; null = the defaults below
+    dino_backbone: str = "toy-dino"  # real: dino-vits16 / dino-vits8 (timm vit_small_patch{16,8}_224.dino)
+    clip_backbone: str = "toy-clip"  # real: clip-vit-b32 (open_clip ViT-B-32-quickgelu, OpenAI weights)
+    dino_weights: str | None = None  # a real DINO backbone's local weights file or folder; null = the local HF cache
+    clip_weights: str | None = None  # the same for the CLIP backbone
     oracle_path: str | None = None  # the toy world's oracle folder (None: the embedded one)
+    image_scale: Literal["raw", "x100"] = "raw"  # DINO / CLIP-I: cosine, or 100 x cosine (DreamBench++)
+    pairing: Literal["all-pairs", "one-to-one"] = "all-pairs"  # generated x every reference, or x the one it was given
     clip_t_scale: Literal["raw", "x100", "w2.5"] = "raw"
     clip_t_text: Literal["class", "prompt"] = "class"  # class: the prompt with the class noun in place of the identifier
     reference_set: Literal["all", "first"] = "all"  # DreamBench: all of the subject's real images
@@ -93,6 +103,9 @@ class LayoutConfig:
     kernel: int = 3
     sigma: float = 0.5
     layers: list[str] = dataclasses.field(default_factory=lambda: ["all"])
+    # equal: every layer counts the same whatever its resolution (per-pixel RMS of mean-1 maps);
+    # sum: sum-1 maps, plain Frobenius norm, a layer's weight falls as 1/side (guidance/layout.py)
+    resolution_weighting: Literal["equal", "sum"] = "equal"
 
 
 @dataclasses.dataclass
@@ -248,11 +261,36 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise UserError(f"config file '{p}' must hold a mapping of keys, not {type(loaded).__name__}")
         _merge(data, loaded)
+        explicit = _explicit_metrics_keys(["metrics"], loaded.get("metrics"))
+    else:
+        explicit = set()
     for text in overrides or []:
-        apply_override(data, *parse_override(text))
+        key_path, value = parse_override(text)
+        apply_override(data, key_path, value)
+        explicit |= _explicit_metrics_keys(key_path, value)
+    _apply_metrics_preset(data, explicit)
     cfg = from_dict(RunConfig, data)
     validate(cfg)
     return cfg
+
+
+def _explicit_metrics_keys(key_path: list[str], value: Any) -> set[str]:
+    """The metrics fields a YAML section or an override writes, which a preset must not overwrite."""
+    if key_path == ["metrics"]:
+        return set(value) if isinstance(value, dict) else set()
+    return {key_path[1]} if len(key_path) > 1 and key_path[0] == "metrics" else set()
+
+
+def _apply_metrics_preset(data: dict[str, Any], explicit: set[str]) -> None:
+    """metrics.preset fills every convention the user did not write; an unknown name fails here, before any model loads."""
+    metrics = data.get("metrics")
+    if not isinstance(metrics, dict) or metrics.get("preset") is None:
+        return
+    from ..reports.metrics.presets import preset_fields
+
+    for key, value in preset_fields(metrics["preset"]).items():
+        if key not in explicit:
+            metrics[key] = value
 
 
 def _merge(base: dict[str, Any], new: dict[str, Any]) -> None:
@@ -293,8 +331,19 @@ def validate(cfg: RunConfig) -> None:
         raise UserError("guidance.iterations must be positive; guidance.layout.kernel a positive odd size; layout.sigma > 0")
     if g.appearance.num_references is not None and g.appearance.num_references <= 0:
         raise UserError(f"guidance.appearance.num_references must be positive or null (all), got {g.appearance.num_references}")
+    if g.name != "none" and g.appearance.enabled and g.inversion == "null_text" and s.cfg_scale <= 1.0:
+        raise UserError(f"guidance.inversion=null_text needs sampler.cfg_scale > 1 (it optimises CFG's null embedding), "
+                        f"got {s.cfg_scale}; use guidance.inversion=ddim")
     if cfg.metrics.batch_size <= 0 or cfg.metrics.bootstrap < 0:
         raise UserError("metrics.batch_size must be positive and metrics.bootstrap >= 0")
+    for key in ("dino_weights", "clip_weights"):
+        weights = getattr(cfg.metrics, key)
+        if weights is not None and not Path(weights).expanduser().exists():
+            raise UserError(f"metrics.{key}: '{weights}' does not exist; point it at a local weights file or folder, or null")
+        backbone = getattr(cfg.metrics, key.replace("_weights", "_backbone"))
+        if weights is not None and (backbone.startswith("toy-") or ":" in backbone):
+            raise UserError(f"metrics.{key} is for a real backbone (dino-vits16, dino-vits8, clip-vit-b32); {backbone!r} has its own; "
+                            "set it to null")
     if not cfg.methods:
         raise UserError("methods is empty; name at least one method (persobench list)")
     if len(set(cfg.methods)) != len(cfg.methods):

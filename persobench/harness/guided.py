@@ -2,7 +2,8 @@
 
 This is the only place that reads a `Fitted` on guidance's behalf: it finds the subject's token
 columns, encodes the vanilla template prompts with the base model, and inverts the reference image(s)
-into a palette (cached on disk per fit, reference, prompt, scheduler, steps and inversion kind).
+into a palette (cached on disk per fit, reference, prompt, negative prompt, scheduler, steps, CFG scale,
+dtype and inversion settings; `palette_key`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,22 @@ def _subject_words(fitted: Fitted, which: str) -> list[str]:
     return words
 
 
+# Bump when the inversion's algorithm changes, so a store never serves a palette the code no longer makes
+# (2: per-scheduler noise levels, null_text palette = the CFG trajectory with the optimised nulls).
+INVERSION_VERSION = 2
+
+
+def palette_key(cfg: RunConfig, components, fit_key: str, subject_hash: str, prompt: str, refs: int) -> str:
+    """Everything that changes the inverted trajectory. Not eta or step seeds: the inversion is the
+    deterministic ODE one whatever the sampler's noise; the scheduler fixes the timesteps and noise levels."""
+    g, s = cfg.guidance, cfg.sampler
+    return stable_hash({"fit": fit_key, "subject": subject_hash, "prompt": prompt, "refs": refs,
+                        "negative_prompt": s.negative_prompt, "scheduler": s.scheduler, "steps": s.steps,
+                        "cfg": s.cfg_scale, "kind": g.inversion, "iters": g.null_text_iterations, "lr": g.null_text_lr,
+                        "model": components.fingerprint, "dtype": str(components.dtype), "model_dtype": cfg.model.dtype,
+                        "version": INVERSION_VERSION})
+
+
 def reference_palette(fitted: Fitted, cfg: RunConfig, fit_key: str, cache_dir: Path) -> Palette:
     g, c = cfg.guidance, fitted.components
     refs = fitted.subject.images()
@@ -51,9 +68,7 @@ def reference_palette(fitted: Fitted, cfg: RunConfig, fit_key: str, cache_dir: P
     prompt = g.inversion_prompt.replace("{class}", fitted.subject.class_noun)
     cond = fitted.encode([prompt] * len(refs), cfg.sampler.negative_prompt)
     cond.subject_positions = _columns(fitted.tokenizer, [prompt] * len(refs), [fitted.subject.class_noun], "class")
-    key = stable_hash({"fit": fit_key, "subject": fitted.subject.content_hash, "prompt": prompt, "refs": len(refs),
-                       "scheduler": cfg.sampler.scheduler, "steps": cfg.sampler.steps, "cfg": cfg.sampler.cfg_scale,
-                       "kind": g.inversion, "iters": g.null_text_iterations, "lr": g.null_text_lr, "model": c.fingerprint})
+    key = palette_key(cfg, c, fit_key, fitted.subject.content_hash, prompt, len(refs))
     path = cache_dir / f"{fitted.subject.name}-{key}.pt"
     if path.is_file():
         trajectory = [z.to(c.device, c.dtype) for z in torch.load(path, weights_only=True)]
@@ -85,7 +100,9 @@ def check_guidance(name: str, cfg: RunConfig, fitted: Fitted, templates: list[st
 
 
 def build_hooks(name: str, cfg: RunConfig, fitted: Fitted, prompts: list[str], templates: list[str], cond: Conditioning,
-                initial_latents: torch.Tensor, palette: Palette | None) -> list:
+                initial_latents: torch.Tensor, palette: Palette | None, step_seeds: list[int] | None = None) -> list:
+    """`step_seeds`: the seeds of the main run's per-image step generators, so the template's
+    stochastic steps (DDPM, Euler ancestral, DDIM eta > 0) draw the vanilla run's noise."""
     if name == "none":
         return []
     g, c = cfg.guidance, fitted.components
@@ -101,5 +118,5 @@ def build_hooks(name: str, cfg: RunConfig, fitted: Fitted, prompts: list[str], t
                              _columns(c.tokenizer, template_prompts, [fitted.subject.class_noun], "class"))
     guided_cond = Conditioning(cond.cond, cond.uncond, appearance_cols)
     inputs = GuidanceInputs(fitted.unet, c.unet, lambda: build_scheduler(cfg.sampler.scheduler, c.scheduler_config), guided_cond,
-                            layout_cols, tcond, initial_latents, palette)
+                            layout_cols, tcond, initial_latents, palette, eta=cfg.sampler.eta, step_seeds=step_seeds)
     return [guidances.get(name)(g, inputs, cfg.sampler.steps)]

@@ -99,9 +99,10 @@ def generate(fitted: Fitted, cfg: RunConfig, jobs: Sequence[ImageJob], guidance:
     prompts = [fitted.prompt(j.template) for j in jobs]
     cond = fitted.encode(prompts, cfg.sampler.negative_prompt)
     latents = initial_noise([j.seed for j in jobs], shape).to(c.device, c.dtype)
-    gens = [torch.Generator("cpu").manual_seed(j.seed ^ 0x5EED) for j in jobs]
+    step_seeds = [j.seed ^ 0x5EED for j in jobs]
+    gens = [torch.Generator("cpu").manual_seed(s) for s in step_seeds]
     scheduler = build_scheduler(cfg.sampler.scheduler, c.scheduler_config)
-    hooks = build_hooks(guidance, cfg, fitted, prompts, [j.template for j in jobs], cond, latents, palette)
+    hooks = build_hooks(guidance, cfg, fitted, prompts, [j.template for j in jobs], cond, latents, palette, step_seeds)
     out = denoise(fitted.unet, scheduler, latents, cond, cfg.sampler.steps, cfg.sampler.cfg_scale, cfg.sampler.eta, hooks, gens)
     for hook in hooks:
         hook.finish()
@@ -220,18 +221,16 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
 
 
 def check_metrics(cfg: RunConfig) -> None:
-    from ..reports.metrics.backbones import backbones
+    """Every metric and backbone the run will score with exists, and each real backbone's weights are on
+    disk (a file, a folder or the local HF cache), before anything is fitted or sampled."""
+    from ..reports.metrics.backbones import locate_weights
     from ..reports.metrics.scores import metrics
 
     for name in cfg.metrics.names:
         metrics.get(name)
-    for field in ("dino_backbone", "clip_backbone"):
-        name = getattr(cfg.metrics, field)
-        if name.startswith(("clip:", "dino:")):
-            if not Path(name.split(":", 1)[1]).is_dir():
-                raise UserError(f"metrics.{field}: folder '{name.split(':', 1)[1]}' does not exist")
-        else:
-            backbones.get(name)
+    used = {"dino": ["dino"], "clip-i": ["clip"], "clip-t": ["clip"]}
+    for kind in sorted({k for n in cfg.metrics.names for k in used.get(n, [])}):
+        locate_weights(getattr(cfg.metrics, f"{kind}_backbone"), getattr(cfg.metrics, f"{kind}_weights"))
 
 
 def score(cfg: RunConfig, frame: pd.DataFrame, store: RunStore, point_dir: Path, bench, subjects: list[Subject],

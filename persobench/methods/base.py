@@ -34,11 +34,20 @@ class Fitted:
     identifier: str  # the word(s) that name this subject in prompts ("" for vanilla SD)
     class_word: str | None = None  # the class noun as prompts say it (None: the subject's; "" to omit)
     prompt_reps: int = 1  # BLIP-Diffusion's prompt strengthening: the class-noun form appended reps-1 times
+    identifier_first: bool = False  # the identifier right after the prompt's first word, wherever the template puts {0}
 
     def prompt(self, template: str) -> str:
-        """A DreamBench template ('a {0} {1} in the snow') in this method's wording."""
+        """A DreamBench template ('a {0} {1} in the snow') in this method's wording.
+
+        `identifier_first` is BLIP-Diffusion's layout: its pipeline inserts the query embeddings at token
+        position 2 (`ctx_begin_pos=2`: after BOS and the first word) for every prompt, so a property prompt
+        'a red {0} {1}' reads 'a <q>... red dog', not 'a red <q>... dog'."""
         noun = self.subject.class_noun if self.class_word is None else self.class_word
-        first = " ".join(template.format(self.identifier, noun).split())
+        if self.identifier_first and self.identifier:
+            head, _, rest = " ".join(template.format("", noun).split()).partition(" ")
+            first = " ".join(w for w in (head, self.identifier, rest) if w)
+        else:
+            first = " ".join(template.format(self.identifier, noun).split())
         return ", ".join([first] + [self.clip_text(template)] * (self.prompt_reps - 1))
 
     def clip_text(self, template: str) -> str:

@@ -11,11 +11,18 @@ Backends, one adapter:
   checkpoint's keys); the ContextCLIPTextModel's weights are a CLIPTextModel's, and its "context
   embeddings inserted at position 2" are exactly Q placeholder tokens after "a " whose embeddings are
   overwritten, so prompts keep the length-77 layout the model was trained with and token columns
-  stay right for guidance. `prompt_reps` repeats the class-noun prompt as the pipeline does (20).
+  stay right for guidance. As diffusers' `BlipDiffusionPipeline` (pipeline_blip_diffusion.py): the
+  queries always sit at token position 2 (`ctx_begin_pos=2`, after BOS and the first word, property
+  prompts included: "a <q>x16 red dog"); one reference image (`reference_image`, a single PIL image)
+  unless `reference_mode: average` (the mean of the Q-Former outputs over the references, a deviation);
+  `prompt_reps` repeats the class-noun prompt as the pipeline does (prompt_strength 1.0 x prompt_reps 20).
   Sampling uses the run's VAE (SD 1.5's, as BLIP-Diffusion's) and BLIP-Diffusion's own UNet.
 - `toy`: the project's encoder trained on the toy world: the toy DINO ViT, frozen, plus learned
   queries cross-attending to its tokens, projected into the text encoder's input space (see
-  `datasets/toyworld/training/blip.py`).
+  `datasets/toyworld/training/blip.py`). It was trained on one reference per caption with the
+  placeholders right before the class noun ("a red <q>x4 ball"), so its defaults stay that layout
+  (`query_position: before_class`) and the mean over all references (`reference_mode: average`), the
+  settings the README's toy numbers were measured with; `start` / `first` are available to it too.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from ..datasets.dreambench import Subject
 from ..errors import UserError
 from ..harness.models import ASSETS, SDComponents
 from .base import Fitted, register_method
-from .training import as_dict, resolve_params
+from .training import as_dict, resolve_params, subject_references
 
 PLACEHOLDER = "<subject>"
 
@@ -113,11 +120,25 @@ class BlipParams:
     encoder: str | None = None  # toy: the subject encoder folder (default: the embedded one)
     weights: str = "Salesforce/blipdiffusion"  # real: folder or hub id (local cache) in the published layout
     qformer_tokenizer: str = "bert-base-uncased"  # real: the Q-Former's BERT tokenizer (folder or cached hub id)
-    num_references: int | None = None  # references averaged into the subject embeddings; None = all
+    num_references: int | None = None  # references considered (the first n); None = all
+    # first: the first reference only (the pipeline takes one image); average: the mean over the references.
+    # None = the backend's default: real -> first, toy -> average.
+    reference_mode: Literal["first", "average"] | None = None
+    # start: after the prompt's first word, the pipeline's ctx_begin_pos=2; before_class: where the template puts {0},
+    # before the class noun (the toy encoder's training captions). None = the backend's default: real -> start, toy -> before_class.
+    query_position: Literal["start", "before_class"] | None = None
     prompt_reps: int = 1  # the pipeline repeats the prompt 20 times (prompt_strength 1.0 x prompt_reps 20)
 
 
 PRESETS = {"toy": {"backend": "toy"}, "paper": {"backend": "real", "prompt_reps": 20}}
+BACKEND_DEFAULTS = {"real": {"reference_mode": "first", "query_position": "start"},
+                    "toy": {"reference_mode": "average", "query_position": "before_class"}}
+
+
+def with_backend_defaults(params: BlipParams) -> BlipParams:
+    """Fill the fields left null with the backend's defaults, so the fit signature names what a fit used."""
+    unset = {k: v for k, v in BACKEND_DEFAULTS[params.backend].items() if getattr(params, k) is None}
+    return dataclasses.replace(params, **unset)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
@@ -174,7 +195,7 @@ class RealBlip:
 
     @torch.no_grad()
     def embed(self, images: list, class_noun: str) -> torch.Tensor:
-        """Reference images -> [Q, H] subject embeddings (the mean over references)."""
+        """Reference image(s) -> [Q, H] subject embeddings (the mean over them when there are several)."""
         from PIL import Image
 
         dev, dtype = self.qformer.query_tokens.device, self.qformer.query_tokens.dtype
@@ -193,7 +214,7 @@ class BlipDiffusion:
     name = "blip-diffusion"
 
     def __init__(self, params: dict[str, Any], components: SDComponents) -> None:
-        self.params = resolve_params(BlipParams, PRESETS, params, self.name)
+        self.params = with_backend_defaults(resolve_params(BlipParams, PRESETS, params, self.name))
         if self.params.prompt_reps < 1:
             raise UserError(f"blip-diffusion prompt_reps must be >= 1, got {self.params.prompt_reps}")
         self.components = components
@@ -206,6 +227,17 @@ class BlipDiffusion:
 
     def fit_signature(self) -> dict[str, Any]:
         return as_dict(self.params)
+
+    def references(self, subject: Subject) -> list:
+        """The reference image(s) the subject embeddings come from: the first, or all to be averaged."""
+        refs = subject_references(subject, self.params.num_references)
+        return refs[:1] if self.params.reference_mode == "first" else refs
+
+    def fitted(self, subject: Subject, unet, tokenizer, text_encoder, num_queries: int) -> Fitted:
+        """The adapter's Fitted: Q placeholders where `query_position` puts them."""
+        identifier = " ".join([PLACEHOLDER] * num_queries)
+        return Fitted(self.name, subject, self.components, unet, tokenizer, text_encoder, identifier=identifier,
+                      prompt_reps=self.params.prompt_reps, identifier_first=self.params.query_position == "start")
 
     def encoder(self) -> tuple[SubjectEncoder, dict]:
         if self._encoder is None:
@@ -226,8 +258,7 @@ class BlipDiffusion:
         else:
             from ..datasets.toyworld.training.common import to_tensor
 
-            refs = subject.images()
-            refs = refs if self.params.num_references is None else refs[: self.params.num_references]
+            refs = self.references(subject)
             size = config["image_size"]
             x = to_tensor(np.stack([np.asarray(im.resize((size, size))) for im in refs]))
             with torch.no_grad():
@@ -239,8 +270,7 @@ class BlipDiffusion:
         inner = copy.deepcopy(c.text_encoder)
         inner.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         text_encoder = SplicedTextEncoder(inner, tokenizer.convert_tokens_to_ids(PLACEHOLDER), embeddings.to(c.device)).eval()
-        identifier = " ".join([PLACEHOLDER] * len(embeddings))
-        return Fitted(self.name, subject, c, c.unet, tokenizer, text_encoder, identifier=identifier, prompt_reps=self.params.prompt_reps)
+        return self.fitted(subject, c.unet, tokenizer, text_encoder, len(embeddings))
 
     def _fit_real(self, subject: Subject, folder: Path) -> Fitted:
         real, c = self._real, self.components
@@ -248,12 +278,9 @@ class BlipDiffusion:
         if saved.is_file():
             embeddings = load_file(saved)["subject"]
         else:
-            refs = subject.images()
-            embeddings = real.embed(refs if self.params.num_references is None else refs[: self.params.num_references], subject.class_noun)
+            embeddings = real.embed(self.references(subject), subject.class_noun)
             folder.mkdir(parents=True, exist_ok=True)
             save_file({"subject": embeddings.contiguous().cpu()}, saved)
         placeholder = real.tokenizer.convert_tokens_to_ids(PLACEHOLDER)
         text_encoder = SplicedTextEncoder(real.text_encoder, placeholder, embeddings.to(c.device)).eval()
-        identifier = " ".join([PLACEHOLDER] * real.num_queries)
-        return Fitted(self.name, subject, c, real.unet, real.tokenizer, text_encoder, identifier=identifier,
-                      prompt_reps=self.params.prompt_reps)
+        return self.fitted(subject, real.unet, real.tokenizer, text_encoder, real.num_queries)

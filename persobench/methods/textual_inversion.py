@@ -1,9 +1,16 @@
-"""Textual Inversion (Gal et al., ICLR 2023), following diffusers' textual-inversion example.
+"""Textual Inversion (Gal et al., ICLR 2023), following diffusers' `examples/textual_inversion/textual_inversion.py`.
 
 A placeholder token per subject, initialised from the class noun's embedding; only its rows of the
-token-embedding matrix train (all others are restored after every step). Saved as
-`learned_embeds.safetensors` ({token: [num_vectors, dim]}), which
+token-embedding matrix train (all others are restored after every step). As the script: AdamW with its
+defaults (betas 0.9 / 0.999, weight decay 1e-2, eps 1e-8), prompts drawn from `imagenet_templates_small`,
+latents drawn from the VAE posterior (`latent_dist.sample()`) of a reference resized without cropping and
+mirrored with p = 0.5. Saved as `learned_embeds.safetensors` ({token: [num_vectors, dim]}), which
 `StableDiffusionPipeline.load_textual_inversion(path, token=...)` loads unchanged.
+
+Deviations from the script, by design: batches draw references with replacement (the script shuffles an
+epoch of the images x 100 repeats); the initial embedding is the mean over the class noun's tokens (the
+script requires a one-token initializer); the lr schedule is constant without warmup (the script's default
+"constant" ignores its warmup too).
 """
 
 from __future__ import annotations
@@ -22,9 +29,17 @@ from ..errors import UserError
 from ..harness.models import SDComponents
 from ..harness.sampling import encode_text
 from .base import Fitted, register_method
-from .training import DiffusionLoss, FitBar, as_dict, batch_indices, reference_latents, resolve_params
+from .training import DiffusionLoss, FitBar, ReferencePosterior, as_dict, resolve_params, subject_references
 
-TEMPLATES = ["a photo of a {}", "a rendering of a {}", "a picture of a {}", "a close-up photo of a {}", "a good photo of a {}"]
+# textual_inversion.py's `imagenet_templates_small` (learnable_property "object"), verbatim and in order
+IMAGENET_TEMPLATES_SMALL = [
+    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}", "a photo of a clean {}",
+    "a photo of a dirty {}", "a dark photo of the {}", "a photo of my {}", "a photo of the cool {}", "a close-up photo of a {}",
+    "a bright photo of the {}", "a cropped photo of a {}", "a photo of the {}", "a good photo of the {}", "a photo of one {}",
+    "a close-up photo of the {}", "a rendition of the {}", "a photo of the clean {}", "a rendition of a {}", "a photo of a nice {}",
+    "a good photo of a {}", "a photo of the nice {}", "a photo of the small {}", "a photo of the weird {}", "a photo of the large {}",
+    "a photo of a cool {}", "a photo of a small {}",
+]
 
 
 @dataclasses.dataclass
@@ -35,14 +50,24 @@ class TIParams:
     num_vectors: int = 1
     placeholder: str = "<{subject}>"  # '{subject}' is replaced by the subject's name
     num_references: int | None = None  # None = all of the subject's images
-    templates: list[str] = dataclasses.field(default_factory=lambda: list(TEMPLATES))
+    templates: list[str] = dataclasses.field(default_factory=lambda: list(IMAGENET_TEMPLATES_SMALL))
     prompt_form: Literal["token", "token+class"] = "token+class"  # "a <dog> in the snow" vs "a <dog> dog in the snow"
+    # textual_inversion.py's defaults: --adam_beta1 0.9, --adam_beta2 0.999, --adam_weight_decay 1e-2, --adam_epsilon 1e-08
+    weight_decay: float = 1e-2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    flip_p: float = 0.5  # the dataset's RandomHorizontalFlip(p=flip_p)
+    center_crop: bool = False  # --center_crop (off: the whole image is resized)
 
 
 PRESETS = {
-    # diffusers textual_inversion example: 3000 steps, lr 5e-4 x batch 1 x grad-accum 4 (scale_lr)
+    # diffusers examples/textual_inversion/README.md's SD command: --max_train_steps 3000, --learning_rate 5e-4
+    # x --train_batch_size 1 x --gradient_accumulation_steps 4 with --scale_lr = 2e-3 on 4 images per update
+    # (one batch of 4 here: the same mean loss). Optimizer, templates, flip and posterior as the script.
     "paper": {"steps": 3000, "lr": 2.0e-3, "batch_size": 4},
-    # tuned on the embedded toy world (see README)
+    # tuned on the embedded toy world (see README). Deviates from the script in steps / lr / batch only:
+    # 300 x 2e-2 x 8 fits a 64-px toy subject in ~30 s on a CPU core where 3000 x 2e-3 would take minutes.
     "toy": {"steps": 300, "lr": 2.0e-2, "batch_size": 8},
 }
 
@@ -58,6 +83,8 @@ class TextualInversion:
         p = self.params
         if p.steps <= 0 or p.lr <= 0 or p.batch_size <= 0 or p.num_vectors <= 0:
             raise UserError("method_params.textual-inversion: steps, lr, batch_size and num_vectors must be positive")
+        if not 0.0 <= p.flip_p <= 1.0:
+            raise UserError(f"method_params.textual-inversion.flip_p must be a probability in [0, 1], got {p.flip_p}")
         if any("{}" not in t for t in p.templates):
             raise UserError("method_params.textual-inversion.templates must each contain '{}' for the token")
         self.components = components
@@ -98,9 +125,14 @@ class TextualInversion:
         class_word = None if self.params.prompt_form == "token+class" else ""
         return Fitted(self.name, subject, c, c.unet, tokenizer, text_encoder, identifier=" ".join(tokens), class_word=class_word)
 
+    def _optimizer(self, weight: torch.Tensor) -> torch.optim.Optimizer:
+        """The script's AdamW over the whole embedding matrix (rows other than the placeholders are restored after each step)."""
+        p = self.params
+        return torch.optim.AdamW([weight], lr=p.lr, betas=(p.adam_beta1, p.adam_beta2), weight_decay=p.weight_decay, eps=p.adam_epsilon)
+
     def _train(self, subject: Subject, tokenizer, text_encoder, ids: list[int], seed: int, progress: Progress | None) -> None:
         c, p = self.components, self.params
-        latents = reference_latents(c, subject, p.num_references)
+        posterior = ReferencePosterior(c, subject_references(subject, p.num_references), p.center_crop)
         embedding = text_encoder.get_input_embeddings()
         with torch.no_grad():
             init = tokenizer(subject.class_noun, add_special_tokens=False).input_ids
@@ -111,18 +143,18 @@ class TextualInversion:
         text_encoder.requires_grad_(False)
         embedding.weight.requires_grad_(True)
         text_encoder.train()
-        opt = torch.optim.AdamW([embedding.weight], lr=p.lr, weight_decay=0.0)
+        opt = self._optimizer(embedding.weight)
         loss_fn = DiffusionLoss(c)
         gen = torch.Generator().manual_seed(seed)
         phrase = " ".join(tokenizer.convert_ids_to_tokens(ids))
         bar = FitBar(progress, f"fit {self.name} {subject.name}", p.steps)
         for _ in range(p.steps):
-            idx = batch_indices(len(latents), p.batch_size, gen)
+            latents = posterior.sample(p.batch_size, p.flip_p, gen)
             pick = torch.randint(0, len(p.templates), (p.batch_size,), generator=gen).tolist()
             prompts = [p.templates[k].format(phrase) for k in pick]
             with torch.enable_grad():
                 embeds = encode_text(tokenizer, text_encoder, prompts)
-                loss = loss_fn(c.unet, latents[idx], embeds, gen)
+                loss = loss_fn(c.unet, latents, embeds, gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

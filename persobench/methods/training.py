@@ -11,6 +11,7 @@ import dataclasses
 import typing
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -41,13 +42,62 @@ def as_dict(obj: Any) -> dict[str, Any]:
 
 @torch.no_grad()
 def reference_latents(components: SDComponents, subject: Subject, num_references: int | None) -> torch.Tensor:
-    """VAE latents (scaled) of the subject's references and their mirror images: [2N, C, h, w]."""
+    """VAE latent means (scaled) of the subject's references and their mirror images: [2N, C, h, w]."""
+    images = subject_references(subject, num_references)
+    return encode_images(components, images + [im.transpose(Image.FLIP_LEFT_RIGHT) for im in images])
+
+
+def script_pixels(image: Image.Image, size: int, center_crop: bool = False) -> torch.Tensor:
+    """diffusers' textual_inversion.py image transform, to [-1, 1] CHW.
+
+    The script (`TextualInversionDataset`) centre-crops only with --center_crop (default off) and otherwise
+    resizes the whole image, bicubic, to `resolution` x `resolution`: a non-square reference is squashed,
+    not cropped (the harness's `to_model_tensor`, used elsewhere, crops)."""
+    image = image.convert("RGB")
+    if center_crop:
+        w, h = image.size
+        s = min(w, h)
+        image = image.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    image = image.resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+
+
+class ReferencePosterior:
+    """The VAE posterior of each reference and of its mirror image, sampled like the training scripts.
+
+    The scripts encode every batch afresh and train on `latent_dist.sample() * scaling_factor` of an image
+    that `RandomHorizontalFlip(p=flip_p)` may have mirrored. The transform is deterministic up to the flip,
+    so encoding the 2N (image, mirror) pairs once and drawing mean + std * eps per item is the same
+    distribution, with every draw from the fit's seeded generator (fits stay reproducible)."""
+
+    @torch.no_grad()
+    def __init__(self, components: SDComponents, images: list[Image.Image], center_crop: bool = False) -> None:
+        c = components
+        size = c.latent_shape[1] * c.vae_scale
+        both = images + [im.transpose(Image.FLIP_LEFT_RIGHT) for im in images]
+        x = torch.stack([script_pixels(im, size, center_crop) for im in both]).to(c.device, c.dtype)
+        dist = c.vae.encode(x).latent_dist
+        scale = c.vae.config.scaling_factor
+        self.mean, self.std = (dist.mean * scale).float(), (dist.std * scale).float()
+        self.count = len(images)
+
+    def sample(self, batch_size: int, flip_p: float, gen: torch.Generator) -> torch.Tensor:
+        """A batch: references drawn uniformly, each mirrored with probability flip_p, one posterior draw each."""
+        idx = batch_indices(self.count, batch_size, gen)
+        flipped = torch.rand(batch_size, generator=gen) < flip_p
+        rows = idx + self.count * flipped.long()
+        eps = torch.randn(self.mean[rows].shape, generator=gen).to(self.mean.device)
+        return self.mean[rows] + self.std[rows] * eps
+
+
+def subject_references(subject: Subject, num_references: int | None) -> list[Image.Image]:
+    """The subject's first `num_references` images (None: all)."""
     images = subject.images()
     if num_references is not None:
         if num_references <= 0:
             raise UserError(f"num_references must be positive or null (all), got {num_references}")
         images = images[:num_references]
-    return encode_images(components, images + [im.transpose(Image.FLIP_LEFT_RIGHT) for im in images])
+    return images
 
 
 class DiffusionLoss:

@@ -1,10 +1,14 @@
 """Per-image scores: DreamBench's DINO / CLIP-I / CLIP-T, and the toy world's oracle accuracies.
 
 DreamBench protocol: DINO and CLIP-I are the mean cosine similarity between a generated image and
-every real image of its subject (`metrics.reference_set=all`); CLIP-T is the cosine between the image
-and the prompt text with the class noun in place of the identifier (`metrics.clip_t_text=class`),
-reported raw by default (`metrics.clip_t_scale`: raw | x100 | w2.5 = 2.5 * max(cos, 0)).
-Reference embeddings are cached per (backbone, subject, reference set) in the run folder.
+every real image of its subject (`metrics.pairing=all-pairs`, `metrics.reference_set=all`); CLIP-T is
+the cosine between the image and the prompt text with the class noun in place of the identifier
+(`metrics.clip_t_text=class`), reported raw by default (`metrics.clip_t_scale`: raw | x100 | w2.5 =
+2.5 * max(cos, 0)). DreamBench++ instead pairs each image with the one reference it was given
+(`pairing=one-to-one`) and reports 100 x cosine (`image_scale=x100`); `metrics.preset` sets them all.
+Generated and reference images go through the same loader (`datasets.dreambench.load_image`).
+Reference embeddings are cached per (backbone weights fingerprint and preprocessing, subject,
+reference set) in the run folder.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from PIL import Image
 
 from ...datasets import Subject
+from ...datasets.dreambench import load_image
 from ...errors import UserError
 from ...harness.atomic import atomic_path
 from ...harness.config import MetricsConfig, stable_hash
@@ -43,7 +48,7 @@ class ScoringContext:
 
     def reference_embeddings(self, backbone: Backbone, subject: str) -> torch.Tensor:
         s = self.subjects[subject]
-        key = stable_hash({"backbone": backbone.describe, "subject": s.content_hash, "set": self.cfg.reference_set})
+        key = stable_hash({"backbone": backbone.cache_key, "subject": s.content_hash, "set": self.cfg.reference_set})
         path = self.store_root / "cache" / "references" / f"{s.name}-{key}.pt"
         if path.is_file():
             return torch.load(path, weights_only=True).to(self.device)
@@ -57,25 +62,41 @@ Metric = Callable[[ScoringContext, pd.DataFrame], pd.DataFrame]
 metrics: Registry[Metric] = Registry("metric")
 
 
-def _image_to_reference_similarity(ctx: ScoringContext, frame: pd.DataFrame, backbone_name: str) -> np.ndarray:
-    backbone = get_backbone(backbone_name)
+def backbone_for(cfg: MetricsConfig, kind: str) -> Backbone:
+    """metrics.dino_backbone / clip_backbone with its metrics.*_weights (null: the local HF cache)."""
+    return get_backbone(getattr(cfg, f"{kind}_backbone"), getattr(cfg, f"{kind}_weights"))
+
+
+def _pair(gen: torch.Tensor, refs: torch.Tensor, pairing: str) -> torch.Tensor:
+    """all-pairs: mean cosine to every reference (DreamBooth, custom-diffusion); one-to-one: cosine to the
+    reference the image was conditioned on, the subject's first image (each record's `reference`), as
+    DreamBench++ pairs src_image/<id>/i_j with tgt_image/<id>/i_j."""
+    return (gen @ refs.T).mean(1) if pairing == "all-pairs" else gen @ refs[0]
+
+
+def scale_image_metric(cos: np.ndarray, scale: str) -> np.ndarray:
+    return 100 * cos if scale == "x100" else cos
+
+
+def _image_to_reference_similarity(ctx: ScoringContext, frame: pd.DataFrame, kind: str) -> np.ndarray:
+    backbone = backbone_for(ctx.cfg, kind)
     backbone.model.to(ctx.device)
     gen = backbone.embed_images(ctx.images, ctx.device, ctx.cfg.batch_size)
     out = np.empty(len(frame))
     for subject, rows in frame.groupby("subject").indices.items():
         refs = ctx.reference_embeddings(backbone, subject)
-        out[rows] = (gen[rows] @ refs.T).mean(1).cpu().numpy()  # mean over all generated x real pairs
-    return out
+        out[rows] = _pair(gen[rows], refs, ctx.cfg.pairing).cpu().numpy()
+    return scale_image_metric(out, ctx.cfg.image_scale)
 
 
 @metrics.register("dino", "DreamBench DINO: mean cosine to the subject's real images (metrics.dino_backbone)")
 def dino(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({"dino": _image_to_reference_similarity(ctx, frame, ctx.cfg.dino_backbone)})
+    return pd.DataFrame({"dino": _image_to_reference_similarity(ctx, frame, "dino")})
 
 
 @metrics.register("clip-i", "DreamBench CLIP-I: the same with the CLIP image tower (metrics.clip_backbone)")
 def clip_i(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({"clip_i": _image_to_reference_similarity(ctx, frame, ctx.cfg.clip_backbone)})
+    return pd.DataFrame({"clip_i": _image_to_reference_similarity(ctx, frame, "clip")})
 
 
 def scale_clip_t(cos: np.ndarray, scale: str) -> np.ndarray:
@@ -90,7 +111,7 @@ def scale_clip_t(cos: np.ndarray, scale: str) -> np.ndarray:
 
 @metrics.register("clip-t", "DreamBench CLIP-T: image-text cosine (metrics.clip_t_text, metrics.clip_t_scale)")
 def clip_t(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
-    backbone = get_backbone(ctx.cfg.clip_backbone)
+    backbone = backbone_for(ctx.cfg, "clip")
     backbone.model.to(ctx.device)
     img = backbone.embed_images(ctx.images, ctx.device, ctx.cfg.batch_size)
     column = "clip_text" if ctx.cfg.clip_t_text == "class" else "prompt"
@@ -133,11 +154,12 @@ def oracle(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def protocol(cfg: MetricsConfig) -> dict:
-    """Every scoring choice that moves a number, with each backbone's own preprocessing, for the
-    file written next to the scores."""
-    used = {"dino": [cfg.dino_backbone], "clip-i": [cfg.clip_backbone], "clip-t": [cfg.clip_backbone]}
-    names = sorted({b for n in cfg.names for b in used.get(n, [])})
-    return {"metrics": dataclasses.asdict(cfg), "backbones": {n: get_backbone(n).describe for n in names}}
+    """Every scoring choice that moves a number (the preset's name and every resolved field), with each
+    backbone's preprocessing and weights fingerprint, for the file written next to the scores."""
+    used = {"dino": ["dino"], "clip-i": ["clip"], "clip-t": ["clip"]}
+    kinds = sorted({k for n in cfg.names for k in used.get(n, [])})
+    described = {getattr(cfg, f"{k}_backbone"): backbone_for(cfg, k).describe for k in kinds}
+    return {"metrics": dataclasses.asdict(cfg), "backbones": described}
 
 
 def score_frame(frame: pd.DataFrame, store_root: Path, subjects: dict[str, Subject], cfg: MetricsConfig,
@@ -147,7 +169,7 @@ def score_frame(frame: pd.DataFrame, store_root: Path, subjects: dict[str, Subje
         metrics.get(name)  # unknown names fail before any work
     gt = json.loads(ground_truth_path.read_text()) if ground_truth_path and ground_truth_path.is_file() else None
     ctx = ScoringContext(store_root, subjects, cfg, resolve_device(cfg.device),
-                         [Image.open(store_root / p).convert("RGB") for p in frame["image"]], gt)
+                         [load_image(store_root / p) for p in frame["image"]], gt)
     parts = [frame.reset_index(drop=True)]
     for name in cfg.names:
         parts.append(metrics.get(name)(ctx, frame.reset_index(drop=True)))
