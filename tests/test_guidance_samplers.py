@@ -64,7 +64,8 @@ def test_template_is_the_vanilla_trajectory_on_every_scheduler(fitted, tmp_path,
     run of the template prompt from the same seed, eta and per-image step noise."""
     c = fitted.components
     cfg, hook, z = make_hook(fitted, tmp_path, scheduler, "guidance.appearance.enabled=false", "guidance.steps=[0, 1.0]",
-                             f"sampler.eta={eta}", "guidance.step_size=[50, 50]")
+                             f"sampler.eta={eta}", "guidance.step_size=[50, 50]",
+                             "guidance.layout.resolution_weighting=equal")  # a visible push on the tiny random model
     assert hook.wrap_denoiser(c.unet) is not c.unet  # the shared-template path
     seen = []
     advance = hook._advance_template
@@ -183,7 +184,7 @@ def test_layout_resolution_weighting_knob():
         ratio[w] = high / low
     assert ratio["sum"] == pytest.approx(0.25, rel=0.1), ratio
     assert ratio["equal"] == pytest.approx(1.0, rel=0.1), ratio
-    assert load_config(None, []).guidance.layout.resolution_weighting == "equal"
+    assert load_config(None, []).guidance.layout.resolution_weighting == "sum"  # the scale the defaults are tuned at
     with pytest.raises(UserError, match="resolution_weighting"):
         load_config(None, ["guidance.layout.resolution_weighting=area"])
 
@@ -194,3 +195,36 @@ def test_null_text_without_cfg_is_refused():
     with pytest.raises(UserError, match="null_text needs sampler.cfg_scale > 1"):
         load_config(None, ["guidance.name=pick-and-draw", "guidance.inversion=null_text", "sampler.cfg_scale=1"])
     load_config(None, ["guidance.name=none", "guidance.inversion=null_text", "sampler.cfg_scale=1"])
+
+
+@pytest.mark.parametrize("skip_prk", [False, True])
+def test_guidance_skips_exactly_the_pndm_iterations_that_ignore_their_sample(skip_prk):
+    """An edit of z_t is only worth making where the scheduler steps from it: PNDM's Runge-Kutta sub-steps
+    and its second PLMS iteration step from a sample kept earlier. Checked against the scheduler itself:
+    at each iteration, does the step's result change when the given sample changes?"""
+    import json
+
+    from diffusers import PNDMScheduler
+
+    from persobench.guidance.pick_and_draw import _discards_sample
+    from persobench.harness.models import ASSETS
+
+    config = json.loads((ASSETS / "sd" / "scheduler" / "scheduler_config.json").read_text()) | {"skip_prk_steps": skip_prk}
+    sched = PNDMScheduler.from_config(config)
+    sched.set_timesteps(6)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 4, 4, generator=g)
+    predicted, observed = [], []
+    for t in sched.timesteps:
+        out = torch.randn(1, 4, 4, 4, generator=g)
+        predicted.append(_discards_sample(sched))
+        probe = PNDMScheduler.from_config(config)
+        probe.set_timesteps(6)
+        probe.__dict__.update({k: (v.copy() if isinstance(v, list) else v) for k, v in sched.__dict__.items() if k != "config"})
+        a = probe.step(out, t, x, return_dict=False)[0]
+        probe.__dict__.update({k: (v.copy() if isinstance(v, list) else v) for k, v in sched.__dict__.items() if k != "config"})
+        b = probe.step(out, t, x + 1.0, return_dict=False)[0]
+        observed.append(torch.equal(a, b))
+        x = sched.step(out, t, x, return_dict=False)[0]
+    assert predicted == observed
+    assert any(observed) and not all(observed)

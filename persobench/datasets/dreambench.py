@@ -21,6 +21,7 @@ from ..errors import UserError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 _PROMPT = re.compile(r"""['"](.*?)['"]\s*\.format\(\s*unique_token\s*,\s*class_token\s*\)""")
 MIN_SIDE = 16
+LOADER_VERSION = 2  # 2: EXIF orientation applied, transparency composited on white
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +37,9 @@ class Subject:
 
     @cached_property
     def content_hash(self) -> str:
-        h = hashlib.sha256(f"{self.name}|{self.class_noun}".encode())
+        """The subject's identity for every cache key: its name, class, image bytes and the loader's version
+        (the same bytes decode differently when `load_image` changes, e.g. EXIF orientation)."""
+        h = hashlib.sha256(f"{self.name}|{self.class_noun}|loader{LOADER_VERSION}".encode())
         for p in self.image_paths:
             h.update(p.read_bytes())
         return h.hexdigest()[:16]

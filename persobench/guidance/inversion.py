@@ -3,12 +3,16 @@
 - `ddim`: DDIM inversion (Song et al. 2021; Dhariwal & Nichol 2021) of the VAE-encoded reference with
   the prompt "a photo of a {class}", conditional prediction only. The palette is this trajectory.
 - `null_text`: null-text inversion (Mokady et al., CVPR 2023): starting from the DDIM-inverted z_T,
-  optimise the unconditional embedding at each step (Adam, `iterations` inner steps, early stop at
-  loss < 1e-5) so that CFG sampling retraces the DDIM inversion trajectory. The palette is the
-  trajectory that CFG sampling with the optimised null embeddings actually follows (z_T, then each
-  step's CFG result): the latents the reconstruction passes through, which differ from the plain DDIM
-  inversion wherever the optimisation did not reach its target. The palette pass itself reads the
-  conditional branch only, so the null embeddings reach guidance through these latents.
+  optimise the unconditional embedding at each step k (Adam at lr * (1 - k/100), `iterations` inner
+  steps, early stop at loss < 1e-5 + k * 2e-5, as the reference notebook) so that CFG steps retrace the
+  DDIM inversion trajectory. The palette is the trajectory that first-order DDIM CFG steps with the
+  optimised null embeddings follow at the sampler's own noise levels (z_T, then each step's result):
+  what a CFG sampler that reconstructs the reference passes through. The palette pass reads the
+  conditional branch only (a UNet forward treats batch rows independently, so a null embedding cannot
+  change the conditional row's features), hence the null embeddings reach guidance through these
+  latents: they differ from the plain DDIM palette by the CFG drift the optimisation corrects, i.e.
+  null_text's palette is the one consistent with sampling at `sampler.cfg_scale`, ddim's the one
+  consistent with CFG 1.
 
 Every sampler persobench offers is served by the same inversion, run at that sampler's own noise
 levels: alpha_bar at sampler step i is `alphas_cumprod[t_i]` (DDIM, DDPM, PNDM) or 1 / (1 + sigma_i^2)
@@ -41,7 +45,7 @@ from ..harness.sampling import Conditioning
 @dataclasses.dataclass
 class Inversion:
     trajectory: list[torch.Tensor]  # z fed to the UNet at sampler step i (timestep t_i), one per scheduler timestep
-    reconstruction: torch.Tensor  # z_0 re-generated from z_T with the sampler (and null embeddings)
+    reconstruction: torch.Tensor | None  # z_0 re-generated from z_T with the sampler (and null embeddings), when asked
     timesteps: torch.Tensor  # the sampler's timesteps the trajectory is indexed by
     null_embeddings: list[torch.Tensor] | None = None  # per sampler step
 
@@ -162,10 +166,13 @@ def reconstruct(unet, scheduler, z_T: torch.Tensor, cond: Conditioning, cfg_scal
     return x
 
 
-def _optimise_null(unet, kind, z, t, a, a_next, cond, null, target, cfg_scale, iterations, lr) -> torch.Tensor:
-    """One step of Mokady et al.: the null embedding whose CFG DDIM step from z lands on target."""
+def _optimise_null(unet, kind, z, t, a, a_next, cond, null, target, cfg_scale, iterations, lr, k: int = 0) -> torch.Tensor:
+    """Step k (0 = the noisiest) of Mokady et al.: the null embedding whose CFG DDIM step from z lands on target.
+
+    The reference `null_optimization` (google/prompt-to-prompt, null_text_w_ptp.ipynb) decays the rate as
+    lr * (1 - k / 100) and stops early once the loss is below 1e-5 + k * 2e-5; both are followed here."""
     null = null.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([null], lr=lr)
+    opt = torch.optim.Adam([null], lr=lr * (1.0 - k / 100.0))
     with torch.no_grad():
         c_pred = unet(z, t, encoder_hidden_states=cond).sample
     for _ in range(iterations):
@@ -176,7 +183,7 @@ def _optimise_null(unet, kind, z, t, a, a_next, cond, null, target, cfg_scale, i
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        if loss.detach() < 1e-5:  # the early stop of the paper (a host sync, outside the sampling loop)
+        if loss.detach() < 1e-5 + k * 2e-5:  # the reference's early stop (a host sync, outside the sampling loop)
             break
     return null.detach()
 
@@ -190,7 +197,7 @@ def null_text_levels(unet, kind: str, levels: Levels, states: list[torch.Tensor]
     for k, t in enumerate(levels.timesteps):
         path.append(z)
         null = _optimise_null(unet, kind, z, t, levels.alphas[k], next_alphas[k], cond.cond, null, targets[k], cfg_scale,
-                              iterations, lr)
+                              iterations, lr, k)
         nulls.append(null)
         with torch.no_grad():
             z = ddim_move(kind, _cfg(unet, z, t, cond.cond, null, cfg_scale), z, levels.alphas[k], next_alphas[k])
@@ -198,7 +205,9 @@ def null_text_levels(unet, kind: str, levels: Levels, states: list[torch.Tensor]
 
 
 def invert(unet, scheduler, z0: torch.Tensor, cond: Conditioning, steps: int, cfg_scale: float, kind: str,
-           iterations: int = 10, lr: float = 1e-2) -> Inversion:
+           iterations: int = 10, lr: float = 1e-2, with_reconstruction: bool = True) -> Inversion:
+    """The palette trajectory; `with_reconstruction=False` skips the check-only CFG sampling pass (and its
+    global-RNG draws on ancestral samplers), which the palette never reads."""
     if kind not in ("ddim", "null_text"):
         raise ValueError(f"unknown inversion kind {kind!r}")
     scheduler.set_timesteps(steps, device=z0.device)
@@ -211,4 +220,5 @@ def invert(unet, scheduler, z0: torch.Tensor, cond: Conditioning, steps: int, cf
         states, level_nulls = null_text_levels(unet, pred_kind, levels, states, z0, cond, cfg_scale, iterations, lr)
         nulls = [level_nulls[k] for k in levels.level_of_step]
     trajectory = [states[k] for k in levels.level_of_step]
-    return Inversion(trajectory, reconstruct(unet, scheduler, trajectory[0], cond, cfg_scale, steps, nulls), timesteps, nulls)
+    rec = reconstruct(unet, scheduler, trajectory[0], cond, cfg_scale, steps, nulls) if with_reconstruction else None
+    return Inversion(trajectory, rec, timesteps, nulls)

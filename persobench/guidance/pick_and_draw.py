@@ -160,7 +160,7 @@ class PickAndDraw:
         a, lay = self.cfg.appearance, self.cfg.layout
         # the template follows the vanilla trajectory from the first step, also before a later guided range
         template = self._template(step, t) if lay.enabled else {}
-        if step not in self.guided:
+        if step not in self.guided or _discards_sample(ctx.scheduler):
             return latents
         palette = self._palette(step, t) if a.enabled else ([], [])
         eta = self.step_size(step)
@@ -214,6 +214,20 @@ class PickAndDraw:
         if bad:
             raise UserError(f"Pick-and-Draw produced NaN/inf at guided step(s) {bad}; lower guidance.step_size or the "
                             "loss weights (no image was written)")
+
+
+def _discards_sample(scheduler) -> bool:
+    """Whether the scheduler's next step ignores the sample it is given, so an edit of z_t there would be
+    lost (only the model output would carry it): then the iteration is not guided. PNDM (diffusers'
+    `PNDMScheduler`) is the one such scheduler: its Runge-Kutta warm-up steps every sub-step from the
+    sample kept at the step's first call (counter % 4 != 0), and with `skip_prk_steps` its second PLMS
+    iteration (counter 1, the repeated first timestep) steps from the first one's sample."""
+    counter, prk = getattr(scheduler, "counter", None), getattr(scheduler, "prk_timesteps", None)
+    if counter is None or prk is None:
+        return False
+    if counter < len(prk) and not scheduler.config.skip_prk_steps:
+        return counter % 4 != 0
+    return counter == 1 and len(getattr(scheduler, "ets", [])) == 1
 
 
 def guided_steps(fractions: list[float], loop_steps: int) -> range:

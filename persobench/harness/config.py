@@ -103,9 +103,9 @@ class LayoutConfig:
     kernel: int = 3
     sigma: float = 0.5
     layers: list[str] = dataclasses.field(default_factory=lambda: ["all"])
-    # equal: every layer counts the same whatever its resolution (per-pixel RMS of mean-1 maps);
-    # sum: sum-1 maps, plain Frobenius norm, a layer's weight falls as 1/side (guidance/layout.py)
-    resolution_weighting: Literal["equal", "sum"] = "equal"
+    # sum: sum-1 maps, plain Frobenius norm, a layer's weight falls as 1/side (the scale the defaults are tuned at);
+    # equal: every layer counts the same whatever its resolution (per-pixel RMS of mean-1 maps); guidance/layout.py
+    resolution_weighting: Literal["sum", "equal"] = "sum"
 
 
 @dataclasses.dataclass

@@ -23,9 +23,13 @@ from .images import encode_images
 from .sampling import Conditioning, encode_text, token_positions
 from .schedulers import build_scheduler
 
+# Bump when guidance's algorithm changes what an image is for the same config, so a store never serves
+# an image the code no longer makes (2: every sampler served, issue 12).
+GUIDANCE_VERSION = 2
+
 
 def guidance_signature(g: GuidanceConfig, name: str) -> dict[str, Any] | None:
-    return None if name == "none" else {"name": name, **to_dict(g)}
+    return None if name == "none" else {"name": name, **to_dict(g), "version": GUIDANCE_VERSION}
 
 
 def _columns(tokenizer, prompts: list[str], words: list[str], what: str) -> list[list[int]]:
@@ -46,8 +50,9 @@ def _subject_words(fitted: Fitted, which: str) -> list[str]:
 
 
 # Bump when the inversion's algorithm changes, so a store never serves a palette the code no longer makes
-# (2: per-scheduler noise levels, null_text palette = the CFG trajectory with the optimised nulls).
-INVERSION_VERSION = 2
+# (2: per-scheduler noise levels, null_text palette = the CFG trajectory with the optimised nulls;
+# 3: null-text's decaying rate and step-dependent early stop, as the reference notebook).
+INVERSION_VERSION = 3
 
 
 def palette_key(cfg: RunConfig, components, fit_key: str, subject_hash: str, prompt: str, refs: int) -> str:
@@ -76,7 +81,7 @@ def reference_palette(fitted: Fitted, cfg: RunConfig, fit_key: str, cache_dir: P
         z0 = encode_images(c, refs).to(c.dtype)
         scheduler = build_scheduler(cfg.sampler.scheduler, c.scheduler_config)
         inv = invert(fitted.unet, scheduler, z0, cond, cfg.sampler.steps, cfg.sampler.cfg_scale, g.inversion,
-                     g.null_text_iterations, g.null_text_lr)
+                     g.null_text_iterations, g.null_text_lr, with_reconstruction=False)
         trajectory = inv.trajectory
         with atomic_path(path) as tmp:
             torch.save([z.detach().cpu() for z in trajectory], tmp)

@@ -25,6 +25,14 @@ can say which paper's numbers it is comparable with; fields the user writes expl
     the single image each generation was conditioned on); CLIP-T text = the caption that names the
     subject (`prompt_gt`). Its DINOv2 score and GPT ratings are not reproduced here.
 
+Named deviations, the same in every preset:
+- Images load through persobench's one loader (EXIF orientation applied, transparency composited on
+  white), as DreamBench++'s `load_image` does; custom-diffusion's `evaluate.py` opens and converts
+  without either, so on a rotated or transparent file `dreambench` / `custom-diffusion` scores differ from
+  that script's (on DreamBench's own JPEGs, which carry neither, they agree).
+- CLIP's centre crop is torchvision's (offset round((side - 224) / 2)); DreamBench++ runs HF's
+  CLIPProcessor, whose offset is floor((side - 224) / 2): a one-pixel shift on some odd-sized images.
+
 `clip_t_text` stays `class` (the prompt with the class noun in place of the identifier) in every
 preset: [3] scores the caption naming the subject, [1] and [2] do not say which text (an identifier
 token like "sks" is meaningless to CLIP); it is still written next to every score.

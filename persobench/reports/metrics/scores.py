@@ -159,7 +159,17 @@ def protocol(cfg: MetricsConfig) -> dict:
     used = {"dino": ["dino"], "clip-i": ["clip"], "clip-t": ["clip"]}
     kinds = sorted({k for n in cfg.names for k in used.get(n, [])})
     described = {getattr(cfg, f"{k}_backbone"): backbone_for(cfg, k).describe for k in kinds}
-    return {"metrics": dataclasses.asdict(cfg), "backbones": described}
+    return {"metrics": dataclasses.asdict(cfg), "preset_overrides": preset_overrides(cfg), "backbones": described}
+
+
+def preset_overrides(cfg: MetricsConfig) -> dict:
+    """The fields where the run departs from its named preset ({} without one): a table that says
+    'dreambench' while a backbone was swapped must say so next to its numbers."""
+    if cfg.preset is None:
+        return {}
+    from .presets import preset_fields
+
+    return {k: getattr(cfg, k) for k, v in preset_fields(cfg.preset).items() if getattr(cfg, k) != v}
 
 
 def score_frame(frame: pd.DataFrame, store_root: Path, subjects: dict[str, Subject], cfg: MetricsConfig,
