@@ -30,7 +30,7 @@ def sd15_shaped(out: Path) -> Path:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from persobench.datasets.toyworld.tokenizer import build_tokenizer_files
+    from persobench.toyworld.tokenizer import build_tokenizer_files
 
     tok = CLIPTokenizer.from_pretrained(build_tokenizer_files(out / "tokenizer"))
     tok.model_max_length = 77
@@ -59,7 +59,7 @@ def main() -> None:
     elif (EMBEDDED["toyworld"] / "model_index.json").exists():
         source = "toyworld"
     else:
-        from persobench.datasets.toyworld.training.architectures import save_random_pipeline
+        from persobench.toyworld.training.architectures import save_random_pipeline
 
         source = str(save_random_pipeline(Path(tempfile.mkdtemp()) / "sd", tiny=False))
     base = [f"model.source={source}", f"model.device={a.device}", f"model.dtype={a.dtype}", f"sampler.steps={a.steps}",

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from persobench.reports.metrics.spec import present_columns
+
 
 def main() -> None:
     p = argparse.ArgumentParser()
@@ -27,7 +29,7 @@ def main() -> None:
     point = points[0]
     frame = pd.read_parquet(point / "scores.parquet")  # the records with one column per metric
     frame = frame[frame["guidance"] == "none"]
-    metrics = [c for c in ("dino", "clip_i", "clip_t", "oracle_identity", "oracle_attributes", "oracle_context") if c in frame]
+    metrics = [c.name for c in present_columns(frame.columns)]  # every registered metric's columns, in registration order
     per_subject = frame.groupby(["method", "subject"])[metrics].mean()
     vanilla = per_subject.loc["vanilla-sd"]
     store = point.parent.parent

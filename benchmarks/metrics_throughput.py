@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from persobench.datasets import datasets
-from persobench.datasets.toyworld.training.common import EVAL_SEED_BASE, rendered_set
 from persobench.harness.config import DatasetConfig
 from persobench.reports.metrics.backbones import get_backbone
+from persobench.toyworld.training.common import EVAL_SEED_BASE, rendered_set
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     source = args.model
     if source == "toyworld" and not (EMBEDDED["toyworld"] / "model_index.json").exists():
-        from persobench.datasets.toyworld.training.architectures import save_random_pipeline
+        from persobench.toyworld.training.architectures import save_random_pipeline
 
         source = str(save_random_pipeline(Path(tempfile.mkdtemp()) / "sd", tiny=False))
         print("embedded model not trained yet: using a random model of the same architecture")

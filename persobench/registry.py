@@ -6,19 +6,49 @@ unknown name's error lists the known ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import importlib
+import importlib.metadata
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 from .errors import UserError
 
 T = TypeVar("T")
 
+# Packages that extend the registries (the toy world: its dataset, backbones, metric and BLIP backend).
+# Loaded by name the first time any registry is read, so this bottom layer imports nothing above it;
+# third-party packages add theirs under the `persobench.plugins` entry-point group.
+BUILTIN_PLUGINS = ("persobench.toyworld.plugin",)
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Import every plugin once (each registers its names as it is imported)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True  # first, so a plugin that reads a registry while importing does not recurse
+    for name in BUILTIN_PLUGINS:
+        importlib.import_module(name)
+    for entry in importlib.metadata.entry_points(group="persobench.plugins"):
+        entry.load()
+
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, builtins: tuple[str, ...] = ()) -> None:
+        """`builtins`: modules that register this registry's built-in names, imported by name on first
+        lookup (before the plugins), so a registry defined below them imports nothing above it."""
         self.kind = kind
         self._items: dict[str, T] = {}
         self._docs: dict[str, str] = {}
+        self._builtins = builtins
+
+    def _load(self) -> None:
+        builtins, self._builtins = self._builtins, ()  # first, so a builtin that reads this registry does not recurse
+        for name in builtins:
+            importlib.import_module(name)
+        load_plugins()
 
     def register(self, name: str, doc: str | None = None) -> Callable[[T], T]:
         def add(obj: T) -> T:
@@ -31,7 +61,23 @@ class Registry(Generic[T]):
 
         return add
 
+    def unregister(self, name: str) -> T:
+        """Remove a name (a test's, or a plugin's being reloaded); returns what it named."""
+        self._docs.pop(name, None)
+        return self._items.pop(name)
+
+    @contextlib.contextmanager
+    def registered(self, name: str, obj: T, doc: str | None = None) -> Iterator[T]:
+        """`name` registered for the block's duration, then removed (tests that add a plugin of their own)."""
+        self._load()  # the built-ins and plugins first, so they register in their order and stay loaded
+        self.register(name, doc)(obj)
+        try:
+            yield obj
+        finally:
+            self.unregister(name)
+
     def get(self, name: str) -> T:
+        self._load()
         try:
             return self._items[name]
         except KeyError:
@@ -39,10 +85,17 @@ class Registry(Generic[T]):
             raise UserError(f"unknown {self.kind} {name!r}; known {self.kind}s: {known}") from None
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._items)
+
+    def values(self) -> list[T]:
+        """Everything registered, in registration order (built-ins, then plugins, then later additions)."""
+        self._load()
+        return list(self._items.values())
 
     def describe(self) -> dict[str, str]:
         return {n: self._docs[n] for n in self.names()}
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._items

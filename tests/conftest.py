@@ -15,7 +15,7 @@ DREAMBENCH = Path(os.environ.get("PERSOBENCH_DREAMBENCH", ROOT.parent / "shared"
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from persobench.datasets.toyworld.training.architectures import save_random_pipeline
+    from persobench.toyworld.training.architectures import save_random_pipeline
 
     return save_random_pipeline(tmp_path_factory.mktemp("tiny-sd") / "sd", tiny=True, seed=0)
 
@@ -50,7 +50,7 @@ def make_config(tmp_path, tiny_model):
 @pytest.fixture(scope="session")
 def tiny_evaluators(tmp_path_factory) -> Path:
     """Toy CLIP / DINO / oracle from the smoke configuration of their real training code."""
-    from persobench.datasets.toyworld.training.stages import run_stages
+    from persobench.toyworld.training.stages import run_stages
 
     root = tmp_path_factory.mktemp("tiny-evaluators")
     run_stages("clip,dino,oracle", root / "out", root / "work", smoke=True)
@@ -60,7 +60,7 @@ def tiny_evaluators(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
     """A smoke-trained generator + DINO + BLIP subject encoder (the real training code, tiny sizes)."""
-    from persobench.datasets.toyworld.training.stages import run_stages
+    from persobench.toyworld.training.stages import run_stages
 
     root = tmp_path_factory.mktemp("tiny-world")
     run_stages("vae,t2i,dino,blip", root / "out", root / "work", smoke=True)

@@ -211,6 +211,6 @@ def test_real_backend_takes_one_reference_unless_averaging_is_asked(real_method,
     method = real_method()
     assert method.fit_signature()["reference_mode"] == "first"
     one = method.fit(subject, tmp_path / "one", 0).text_encoder.subject
-    assert torch.allclose(one, method._real.embed(refs[:1], subject.class_noun))
+    assert torch.allclose(one, method.backend.embed(refs[:1], subject.class_noun))
     averaged = real_method(reference_mode="average").fit(subject, tmp_path / "all", 0).text_encoder.subject
-    assert torch.allclose(averaged, method._real.embed(refs, subject.class_noun)) and not torch.allclose(one, averaged)
+    assert torch.allclose(averaged, method.backend.embed(refs, subject.class_noun)) and not torch.allclose(one, averaged)

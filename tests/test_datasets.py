@@ -2,13 +2,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from persobench.datasets import TOYBENCH, load_dreambench
+from persobench.datasets import load_dreambench
 from persobench.datasets.dreambench import load_image
-from persobench.datasets.toyworld.render import render
-from persobench.datasets.toyworld.tokenizer import build_tokenizer_files
-from persobench.datasets.toyworld.toybench import export_toybench
-from persobench.datasets.toyworld.world import Identity, Pose, Scene, vocabulary_words
 from persobench.errors import UserError
+from persobench.toyworld.plugin import TOYBENCH
+from persobench.toyworld.render import render
+from persobench.toyworld.tokenizer import build_tokenizer_files
+from persobench.toyworld.toybench import export_toybench
+from persobench.toyworld.world import Identity, Pose, Scene, vocabulary_words
 
 
 def test_dreambench_layout_is_parsed(dreambench):
@@ -98,3 +99,19 @@ def test_other_8bit_modes_become_rgb(tmp_path, mode):
     path = tmp_path / "x.jpg" if mode == "CMYK" else tmp_path / "x.png"
     Image.new(mode, (32, 32)).save(path)
     assert load_image(path).mode == "RGB"
+
+
+def test_a_custom_folder_gets_dreambenchs_prompts_for_its_class(tmp_path, dreambench):
+    """A folder subject gets exactly what a DreamBench subject of its class gets: the 25 object prompts,
+    or the 25 live ones for a live class (not the toy world's list)."""
+    from persobench.datasets import datasets
+    from persobench.datasets.dreambench import parse_prompts_and_classes
+    from persobench.harness.config import DatasetConfig
+
+    _, objects, live = parse_prompts_and_classes((dreambench / "prompts_and_classes.txt").read_text(), "prompts")
+    folder = tmp_path / "my_mug"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), "red").save(folder / "a.png")
+    for noun, expected in (("mug", objects), ("dog", live)):
+        bench = datasets.get("folder")(DatasetConfig(name="folder", path=str(folder), class_noun=noun))
+        assert list(bench.prompts_for(bench.subjects[0])) == list(expected) and len(expected) == 25

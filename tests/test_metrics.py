@@ -11,7 +11,7 @@ from persobench.reports.tables import aggregate, bootstrap_ci
 
 
 def names_context(template: str) -> bool:
-    from persobench.datasets.toyworld.world import CONTEXTS
+    from persobench.toyworld.world import CONTEXTS
 
     return any(phrase and template.endswith(phrase) for phrase in CONTEXTS.values())
 
@@ -115,16 +115,17 @@ def test_oracle_scores_the_secondary_colour_only_where_the_prompt_lets_it_show(m
     import torch
     from PIL import Image
 
-    from persobench.datasets.toyworld import evaluate
     from persobench.harness.config import MetricsConfig
-    from persobench.reports.metrics.scores import ScoringContext, oracle
+    from persobench.reports.metrics.scores import ScoringContext
+    from persobench.toyworld import oracle_metric
+    from persobench.toyworld.oracle_metric import oracle
 
     truth = {"cls": "box", "primary": "red", "secondary": "purple", "pattern": "plain", "scale": "fine", "shape": 0.0}
     # an oracle that reads everything right except the secondary colour
     read = {"class": ["box"] * 2, "primary": ["purple", "red"], "secondary": ["green"] * 2, "pattern": ["plain"] * 2,
             "context": ["studio"] * 2, "accessory": ["none"] * 2}
-    monkeypatch.setattr(evaluate, "load_oracle", lambda *a: (None, None))
-    monkeypatch.setattr(evaluate, "oracle_read", lambda *a: read)
+    monkeypatch.setattr(oracle_metric, "load_oracle", lambda *a: (None, None))
+    monkeypatch.setattr(oracle_metric, "oracle_read", lambda *a: read)
     ctx = ScoringContext(Path("."), {}, MetricsConfig(), torch.device("cpu"), [Image.new("RGB", (64, 64))] * 2,
                          {"box1": {"identity": truth}})
     frame = pd.DataFrame({"subject": ["box1", "box1"], "prompt_template": ["a purple {0} {1}", "a {0} {1}"]})

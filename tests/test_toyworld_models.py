@@ -31,9 +31,9 @@ def test_text_to_image_model_loads_in_plain_diffusers_and_samples():
 def test_clip_loads_with_open_clip_and_ranks_its_caption_first():
     import open_clip
 
-    from persobench.datasets.toyworld.render import render
-    from persobench.datasets.toyworld.training.common import to_tensor
-    from persobench.datasets.toyworld.world import Identity, Pose, Scene
+    from persobench.toyworld.render import render
+    from persobench.toyworld.training.common import to_tensor
+    from persobench.toyworld.world import Identity, Pose, Scene
 
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{ASSETS / 'clip'}")
     tokenizer = open_clip.get_tokenizer(f"local-dir:{ASSETS / 'clip'}")
@@ -69,7 +69,7 @@ def test_every_model_has_a_card_with_figures(name):
 def test_smoke_training_of_the_generator_gives_a_loadable_pipeline(tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    from persobench.datasets.toyworld.training.stages import run_stages
+    from persobench.toyworld.training.stages import run_stages
 
     run_stages("vae,t2i", tmp_path / "out", tmp_path / "work", smoke=True)
     assert (tmp_path / "work" / "t2i.ckpt").is_file() and (tmp_path / "work" / "t2i.loss.jsonl").is_file()
@@ -88,8 +88,8 @@ def test_smoke_training_of_the_generator_gives_a_loadable_pipeline(tmp_path):
 def test_decoder_fine_tune_keeps_the_latent_space(tmp_path):
     from diffusers import AutoencoderKL
 
-    from persobench.datasets.toyworld.training.common import rendered_set, to_tensor
-    from persobench.datasets.toyworld.training.stages import run_stages
+    from persobench.toyworld.training.common import rendered_set, to_tensor
+    from persobench.toyworld.training.stages import run_stages
 
     run_stages("vae", tmp_path / "out", tmp_path / "work", smoke=True)
     folder = tmp_path / "out" / "sd" / "vae"
@@ -114,8 +114,8 @@ def test_decoder_fine_tune_keeps_the_latent_space(tmp_path):
 
 
 def test_widening_preserves_the_vae_function():
-    from persobench.datasets.toyworld.training.architectures import make_vae
-    from persobench.datasets.toyworld.training.vae import widen_vae
+    from persobench.toyworld.training.architectures import make_vae
+    from persobench.toyworld.training.vae import widen_vae
 
     torch.manual_seed(0)
     vae = make_vae(tiny=True).eval()
@@ -134,7 +134,7 @@ def test_widening_preserves_the_vae_function():
 
 
 def test_localisation_loss_rewards_word_specific_maps():
-    from persobench.datasets.toyworld.training.t2i import localisation_loss
+    from persobench.toyworld.training.t2i import localisation_loss
 
     masks = torch.zeros(1, 1, 4, 4)
     masks[..., :2, :2] = 1  # the subject covers the top-left quarter
@@ -153,7 +153,7 @@ def test_localisation_loss_rewards_word_specific_maps():
 
 
 def test_blip_subject_encoder_matches_the_shipped_generator():
-    from persobench.methods.blip_diffusion import load_subject_encoder
+    from persobench.toyworld.models import load_subject_encoder
 
     encoder, config = load_subject_encoder(ASSETS / "blip")
     assert config["trained_against_t2i_steps"] == int((ASSETS / "sd" / "TRAINED_STEPS").read_text())  # retrain after t2i changes
@@ -163,7 +163,7 @@ def test_blip_subject_encoder_matches_the_shipped_generator():
 
 
 def test_training_minutes_count_a_resumed_run_from_its_first_report(tmp_path):
-    from persobench.datasets.toyworld.cards import training_minutes
+    from persobench.toyworld.cards import training_minutes
 
     log = tmp_path / "train.log"
     log.write_text("[t2i] step 5025/40000 loss 0.2 0.5 it/s eta 1 min\r[t2i] step 5085/40000 loss 0.2 0.5 it/s eta 1 min\n"
@@ -172,7 +172,7 @@ def test_training_minutes_count_a_resumed_run_from_its_first_report(tmp_path):
 
 
 def test_eval_checks_each_measured_figure_against_its_bar():
-    from persobench.datasets.toyworld.evaluate import check_bars
+    from persobench.toyworld.evaluate import check_bars
 
     bars = check_bars({"vae_psnr_db": 27.9, "oracle_accuracy": {"class": 0.99, "secondary": 0.94},
                        "attention_mass_in_mask": {"class_word": 0.98, "context_word": 0.6}})

@@ -1,17 +1,16 @@
-"""Benchmarks by name: DreamBench from a path, the shipped ToyBench, or one custom subject folder."""
+"""Benchmarks by name: DreamBench from a path, or one custom subject folder (the toy world registers ToyBench)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from ..errors import UserError
 from ..harness.config import DatasetConfig
 from ..registry import Registry
 from .dreambench import Benchmark, Subject, load_dreambench, load_subject_folder
+from .dreambench_prompts import LIVE_PROMPTS, OBJECT_PROMPTS
 
 datasets: Registry[Callable[[DatasetConfig], Benchmark]] = Registry("dataset")
-TOYBENCH = Path(__file__).resolve().parent.parent / "assets" / "toyworld" / "toybench"
 
 
 @datasets.register("dreambench")
@@ -22,20 +21,13 @@ def _dreambench(cfg: DatasetConfig) -> Benchmark:
     return load_dreambench(cfg.path, cfg.live_classes)
 
 
-@datasets.register("toybench")
-def _toybench(cfg: DatasetConfig) -> Benchmark:
-    """ToyBench: 20 toy-world subjects in DreamBench's layout, shipped with persobench."""
-    return load_dreambench(cfg.path or TOYBENCH, cfg.live_classes, name="toybench")
-
-
 @datasets.register("folder")
 def _folder(cfg: DatasetConfig) -> Benchmark:
-    """One custom subject: dataset.path (images) + dataset.class_noun, with DreamBench's prompts."""
+    """One custom subject: dataset.path (images) + dataset.class_noun, with DreamBench's 25 prompts (the live
+    list for a live class, as a DreamBench subject of that class would get)."""
     if not cfg.path:
         raise UserError("dataset folder needs the subject's images: pass dataset.path=<folder>")
-    from .toyworld.toybench import OBJECT_PROMPTS
-
-    return load_subject_folder(cfg.path, cfg.class_noun or "", tuple(OBJECT_PROMPTS), cfg.live_classes)
+    return load_subject_folder(cfg.path, cfg.class_noun or "", OBJECT_PROMPTS, cfg.live_classes, LIVE_PROMPTS)
 
 
 def select_subjects(bench: Benchmark, cfg: DatasetConfig) -> list[Subject]:

@@ -142,8 +142,10 @@ def load_dreambench(root: str | Path, live_classes: list[str] | tuple[str, ...] 
     return Benchmark(name, root, tuple(subjects), objects, live)
 
 
-def load_subject_folder(folder: str | Path, class_noun: str, prompts: tuple[str, ...], live_classes=("cat", "dog")) -> Benchmark:
-    """A user's own subject: a folder of images and its class noun, with the given prompt list."""
+def load_subject_folder(folder: str | Path, class_noun: str, prompts: tuple[str, ...], live_classes=("cat", "dog"),
+                        live_prompts: tuple[str, ...] | None = None) -> Benchmark:
+    """A user's own subject: a folder of images and its class noun, with the given prompt lists (the live
+    list, default the same, for a live class)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise UserError(f"subject folder '{folder}' does not exist; pass dataset.path=<folder of images>")
@@ -151,4 +153,4 @@ def load_subject_folder(folder: str | Path, class_noun: str, prompts: tuple[str,
         raise UserError("a subject folder needs its class noun: pass dataset.class_noun=<noun> (e.g. dog)")
     kind = "live" if class_noun in live_classes else "object"
     subject = Subject(folder.name, class_noun, kind, subject_images(folder))
-    return Benchmark("folder", folder.parent, (subject,), prompts, prompts)
+    return Benchmark("folder", folder.parent, (subject,), tuple(prompts), tuple(live_prompts or prompts))

@@ -1,11 +1,13 @@
 """The `persobench` command line: run, sample, list, report, doctor, toyworld.
 
 Every user-facing failure is a `UserError`: one line on stderr, exit code 2, nothing half-written.
+`persobench --debug ...` (or `PERSOBENCH_DEBUG=1`) re-raises it instead, with its original cause and traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -13,6 +15,42 @@ from pathlib import Path
 from ..errors import UserError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+logger = logging.getLogger(__name__)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time of the record (so a redirected stderr is honoured)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _configure_logging(level: int) -> None:
+    """The `persobench` loggers: one handler on stderr, WARNING by default, INFO with --verbose, DEBUG with --debug."""
+    root = logging.getLogger("persobench")
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _debug_from_env() -> bool:
+    return os.environ.get("PERSOBENCH_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _unsuppress(error: BaseException) -> None:
+    """Show the exceptions a `raise ... from None` hid, for --debug tracebacks."""
+    seen, e = set(), error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__suppress_context__ = False
+        e = e.__cause__ or e.__context__
 
 
 def _split_overrides(items: list[str]) -> tuple[str | None, list[str]]:
@@ -45,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import progress_bar, run
 
     if args.dry_run:
-        from .worklist import UNIT_SECONDS, work_list
+        from .worklist import unit_costs, work_list
 
         total = 0.0
         for point, cfg in configs:
@@ -55,7 +93,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"{w['images']} images x {cfg.sampler.steps} steps; {w['metric_passes']} metric passes; "
                   f"~{w['gpu_hours_estimate']} GPU-hours")
             print(f"  {len(w['rows'])} table rows (method/guidance): {', '.join(w['rows'])}")
-        print(f"total ~{total:.2f} GPU-hours (A100-class, SD 1.5 fp16 512 px unit costs: {UNIT_SECONDS})")
+        used = list(dict.fromkeys(m for _, cfg in configs for m in cfg.methods))
+        print(f"total ~{total:.2f} GPU-hours (A100-class, SD 1.5 fp16 512 px unit costs: {unit_costs(used)})")
         return 0
     with progress_bar() as bar:
         for point, cfg in configs:
@@ -166,7 +205,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for name in ("clip", "dino", "oracle"):
         found = any((ASSETS / name).glob("*.safetensors"))
         print(f"{'evaluator ' + name:<16} {'found' if found else 'MISSING (persobench toyworld train --stage ' + name + ')'}")
-    from ..datasets import TOYBENCH
+    from ..toyworld.plugin import TOYBENCH
 
     print(f"{'toybench':<16} {'found' if (TOYBENCH / 'prompts_and_classes.txt').is_file() else 'MISSING'} at {TOYBENCH}")
     return 0
@@ -176,19 +215,19 @@ def cmd_toyworld(args: argparse.Namespace) -> int:
     from .sources import ASSETS
 
     if args.action == "train":
-        from ..datasets.toyworld.training.stages import run_stages
+        from ..toyworld.training.stages import run_stages
 
         run_stages(args.stage, Path(args.out or ASSETS), Path(args.work), smoke=args.smoke, max_steps=args.max_steps)
     elif args.action == "eval":
         import json
 
-        from ..datasets.toyworld.evaluate import evaluate_all
+        from ..toyworld.evaluate import evaluate_all
 
         names = ["vae", "t2i", "clip", "dino", "oracle"] if args.stage == "all" else args.stage.split(",")
         results = evaluate_all(names)
         print(json.dumps(results, indent=2))
         if args.write_cards:
-            from ..datasets.toyworld.cards import write_cards
+            from ..toyworld.cards import write_cards
 
             for card in write_cards(Path(args.out or ASSETS), results, Path(args.work)):
                 print(f"wrote {card}")
@@ -197,7 +236,7 @@ def cmd_toyworld(args: argparse.Namespace) -> int:
 
             write_json(Path(args.json), results)
     elif args.action == "export":
-        from ..datasets.toyworld.toybench import export_toybench
+        from ..toyworld.toybench import export_toybench
 
         print(export_toybench(Path(args.out or ASSETS / "toybench")))
     return 0
@@ -205,6 +244,8 @@ def cmd_toyworld(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="persobench", description="Benchmark text-to-image personalization methods.")
+    parser.add_argument("--debug", action="store_true", help="debug log, and re-raise errors with their traceback (or PERSOBENCH_DEBUG=1)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="info log on stderr")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="fit -> sample -> report for a config (default: the embedded toy world)")
@@ -265,12 +306,19 @@ def main(argv: list[str] | None = None) -> int:
         if target is None or bad:
             parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
         target.extend(extra)
+    debug = args.debug or _debug_from_env()
+    _configure_logging(logging.DEBUG if debug else logging.INFO if args.verbose else logging.WARNING)
     try:
         return args.func(args)
     except UserError as e:
+        if debug:  # the original exception, its cause chain and traceback
+            _unsuppress(e)
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if debug:
+            raise
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
 

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from ..errors import UserError
 from .config import ModelConfig
 from .sources import ASSETS, EMBEDDED, resolve_source  # noqa: F401  (re-exported)
 
+logger = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -83,6 +85,7 @@ def _load(path: str, device: str, dtype_name: str) -> SDComponents:
     from transformers.utils import logging as transformers_logging
 
     p, dtype, dev = Path(path), DTYPES[dtype_name], torch.device(device)
+    logger.info("loading the base model from %s (%s, %s)", p, device, dtype_name)
     diffusers_logging.disable_progress_bar()  # our own bars report the work; theirs would interleave
     transformers_logging.disable_progress_bar()
     try:

@@ -3,8 +3,10 @@
 `persobench regress --baseline tests/baselines/<name>.json` runs the gate config (in a temporary
 store, never the working directory), compares every aggregate score (method x guidance x metric,
 overall split) with the baseline within per-metric tolerances, and fails naming each metric that
-drifted and by how much. `--update --reason "..."` rewrites the baseline and appends the reason to
-its history. A baseline made from another config (or another embedded model) is refused.
+drifted and by how much. Which columns are gated, and their default tolerances, come from the
+registered metrics' specs (`reports/metrics/spec.py`); a baseline's own `tolerances` win.
+`--update --reason "..."` rewrites the baseline and appends the reason to its history. A baseline
+made from another config (or another embedded model) is refused.
 """
 
 from __future__ import annotations
@@ -18,13 +20,12 @@ from typing import Any
 import pandas as pd
 
 from ..errors import UserError
+from ..reports.metrics.spec import column, default_tolerances
 from .atomic import write_json
 from .config import RunConfig, load_config, stable_hash, to_dict
 from .models import load_components
 from .runner import run
 
-DEFAULT_TOLERANCES = {"dino": 0.02, "clip_i": 0.02, "clip_t": 0.01, "oracle_identity": 0.1, "oracle_attributes": 0.05,
-                      "oracle_context": 0.1}
 GATE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "regress.yaml"
 
 
@@ -44,14 +45,14 @@ def measure(cfg: RunConfig) -> dict[str, dict[str, float]]:
     scores: dict[str, dict[str, float]] = {}
     for row in overall.to_dict("records"):
         key = f"{row['method']}/{row['guidance']}"
-        scores[key] = {m: float(row[m]) for m in DEFAULT_TOLERANCES if m in row and pd.notna(row[m])}
+        scores[key] = {m: float(row[m]) for m in default_tolerances() if m in row and pd.notna(row[m])}
     return scores
 
 
 def compare(baseline: dict[str, Any], scores: dict[str, dict[str, float]]) -> list[str]:
     """One line per drifted metric (or missing / new operating point)."""
     problems = []
-    tolerances = {**DEFAULT_TOLERANCES, **baseline.get("tolerances", {})}
+    tolerances = {**default_tolerances(), **baseline.get("tolerances", {})}
     for key, expected in baseline["scores"].items():
         got = scores.get(key)
         if got is None:
@@ -60,11 +61,17 @@ def compare(baseline: dict[str, Any], scores: dict[str, dict[str, float]]) -> li
         for metric, value in expected.items():
             if metric not in got:
                 problems.append(f"{key} {metric}: missing from this run")
-            elif abs(got[metric] - value) > tolerances[metric]:
+            elif abs(drift := got[metric] - value) > tolerances[metric]:
                 problems.append(f"{key} {metric}: {got[metric]:.4f} vs baseline {value:.4f} "
-                                f"(drift {got[metric] - value:+.4f}, tolerance {tolerances[metric]})")
+                                f"(drift {drift:+.4f}, tolerance {tolerances[metric]}{_direction(metric, drift)})")
     problems += [f"{key}: new operating point, not in the baseline" for key in scores if key not in baseline["scores"]]
     return problems
+
+
+def _direction(metric: str, drift: float) -> str:
+    """', better' / ', worse' by the metric's spec (a drift either way fails the gate; this says which)."""
+    spec = column(metric)
+    return "" if spec is None else (", better" if (drift > 0) == spec.higher_is_better else ", worse")
 
 
 def regress(baseline_path: Path, config: str | None, overrides: list[str], update: bool, reason: str | None) -> list[str]:
@@ -76,8 +83,9 @@ def regress(baseline_path: Path, config: str | None, overrides: list[str], updat
         old = json.loads(baseline_path.read_text()) if baseline_path.is_file() else {}
         history = old.get("history", []) + [{"date": datetime.date.today().isoformat(), "reason": reason}]
         scores = measure(cfg)
+        tolerances = {**default_tolerances(), **old.get("tolerances", {})}  # a new metric's spec default joins the kept ones
         write_json(baseline_path, {"signature": signature, "config": to_dict(cfg) | {"store": None},
-                                   "tolerances": old.get("tolerances", DEFAULT_TOLERANCES), "scores": scores, "history": history})
+                                   "tolerances": tolerances, "scores": scores, "history": history})
         return []
     if not baseline_path.is_file():
         raise UserError(f"baseline '{baseline_path}' does not exist; create it with --update --reason \"...\"")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -31,6 +32,8 @@ from .sampling import decode, denoise
 from .schedulers import build_scheduler
 from .seeding import image_seed, initial_noise
 from .store import RunStore, file_lock
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +88,7 @@ def fit_subject(store: RunStore, personalizer, components: SDComponents, subject
         started = time.perf_counter()
         fitted = personalizer.fit(subject, folder, seed, progress)
         if not (folder / "fit.json").exists():  # first fit: record how long it took
+            logger.info("fitted %s on %s in %.1f s -> %s", personalizer.name, subject.name, time.perf_counter() - started, folder)
             write_json(folder / "fit.json", {"method": personalizer.name, "subject": subject.name, "key": key,
                                              "params": personalizer.fit_signature(), "model": components.fingerprint,
                                              "seconds": round(time.perf_counter() - started, 2)})
@@ -224,12 +228,9 @@ def check_metrics(cfg: RunConfig) -> None:
     """Every metric and backbone the run will score with exists, and each real backbone's weights are on
     disk (a file, a folder or the local HF cache), before anything is fitted or sampled."""
     from ..reports.metrics.backbones import locate_weights
-    from ..reports.metrics.scores import metrics
+    from ..reports.metrics.scores import backbone_kinds
 
-    for name in cfg.metrics.names:
-        metrics.get(name)
-    used = {"dino": ["dino"], "clip-i": ["clip"], "clip-t": ["clip"]}
-    for kind in sorted({k for n in cfg.metrics.names for k in used.get(n, [])}):
+    for kind in backbone_kinds(cfg.metrics):  # unknown metric names fail here, listing the known ones
         locate_weights(getattr(cfg.metrics, f"{kind}_backbone"), getattr(cfg.metrics, f"{kind}_weights"))
 
 

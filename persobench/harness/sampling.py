@@ -35,7 +35,6 @@ class StepContext:
     conditioning: Conditioning
     cfg_scale: float
     num_steps: int
-    state: dict[str, Any] = dataclasses.field(default_factory=dict)  # hooks' own per-run scratch space
 
 
 class Hook(Protocol):

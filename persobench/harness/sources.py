@@ -4,9 +4,12 @@ second, before anything heavy loads."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ..errors import UserError
+
+logger = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "toyworld"
 EMBEDDED = {"toyworld": ASSETS / "sd"}
@@ -28,15 +31,23 @@ def resolve_source(source: str, local_files_only: bool = True) -> Path:
         if not path.is_dir():
             raise UserError(f"model folder '{source}' does not exist; pass model.source=<diffusers folder> or a hub id")
         return _check_folder(path, source)
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
+    try:
         local = snapshot_download(source, local_files_only=local_files_only)
-    except Exception:
+    except LocalEntryNotFoundError as e:  # no complete snapshot cached (and, when downloads are allowed, the hub unreachable)
         raise UserError(
             f"model '{source}' is not in the local Hugging Face cache; download it on a connected machine "
             f"(`hf download {source}`) or pass model.source=/path/to/diffusers/folder"
-        ) from None
+        ) from e
+    except HFValidationError as e:
+        raise UserError(f"model.source '{source}' is not a folder and not a valid Hugging Face hub id; "
+                        "pass model.source=<diffusers folder> or <org>/<name>") from e
+    except HfHubHTTPError as e:  # model.local_files_only=false: the hub refused (repository not found, gated, no access)
+        raise UserError(f"model '{source}' could not be downloaded ({type(e).__name__}); check the id and your access, "
+                        "or pass model.source=<diffusers folder>") from e
+    logger.info("model.source %r is the cached snapshot %s", source, local)
     return _check_folder(Path(local), source)
 
 

@@ -9,10 +9,23 @@ from __future__ import annotations
 from ..datasets import datasets, select_subjects
 from .config import RunConfig
 
-# seconds per unit on one A100-class GPU, SD 1.5 fp16, 512 px (rough; see benchmarks/RESULTS.md)
-UNIT_SECONDS = {"image_step": 0.045, "fit_step": {"vanilla-sd": 0.0, "textual-inversion": 0.25, "dreambooth-lora": 0.35},
-                "metric_image": 0.01,
+# seconds per unit on one A100-class GPU, SD 1.5 fp16, 512 px (rough; see benchmarks/RESULTS.md); a fit step's
+# cost is the method's own (`fit_step_seconds` on its class, FALLBACK_FIT_STEP_SECONDS where it declares none)
+UNIT_SECONDS = {"image_step": 0.045, "metric_image": 0.01,
                 "guided_factor": 2.2}  # a Pick-and-Draw image costs ~2.2 plain ones (measured on the toy world, RESULTS.md)
+FALLBACK_FIT_STEP_SECONDS = 0.3
+
+
+def fit_step_seconds(method: str) -> float:
+    from ..methods import methods
+
+    return float(getattr(methods.get(method), "fit_step_seconds", FALLBACK_FIT_STEP_SECONDS))
+
+
+def unit_costs(method_names: list[str]) -> dict[str, object]:
+    """The unit costs an estimate used, as the dry run prints them (fit steps for these methods)."""
+    return {"image_step": UNIT_SECONDS["image_step"], "fit_step": {m: fit_step_seconds(m) for m in method_names},
+            "metric_image": UNIT_SECONDS["metric_image"], "guided_factor": UNIT_SECONDS["guided_factor"]}
 
 
 def guidance_rows(cfg: RunConfig) -> list[str]:
@@ -39,7 +52,7 @@ def work_list(cfg: RunConfig) -> dict[str, object]:
     metric_passes = images * len(cfg.metrics.names)
     plain_equivalents = images_per_method * len(cfg.methods) * sum(1.0 if g == "none" else UNIT_SECONDS["guided_factor"] for g in settings)
     seconds = plain_equivalents * cfg.sampler.steps * UNIT_SECONDS["image_step"] * (2 if cfg.sampler.cfg_scale > 1 else 1) / 2
-    seconds += sum(fits[m] * fit_steps[m] * UNIT_SECONDS["fit_step"].get(m, 0.3) for m in cfg.methods)
+    seconds += sum(fits[m] * fit_steps[m] * fit_step_seconds(m) for m in cfg.methods)
     seconds += metric_passes * UNIT_SECONDS["metric_image"]
     return {"subjects": len(subjects), "methods": list(cfg.methods), "rows": rows, "fits": fits, "fit_steps": fit_steps,
             "images": images, "metric_passes": metric_passes, "gpu_hours_estimate": round(seconds / 3600, 2)}

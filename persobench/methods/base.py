@@ -71,6 +71,7 @@ class Personalizer(Protocol):
     """Built once per run from `method_params.<name>` and the base model."""
 
     name: str
+    fit_step_seconds: float  # seconds per fit step on one A100-class GPU, SD 1.5 fp16 512 px (0: no training); dry-run estimate
 
     @staticmethod
     def fit_steps(params: dict[str, Any]) -> int:

@@ -19,7 +19,7 @@ Backends, one adapter:
   Sampling uses the run's VAE (SD 1.5's, as BLIP-Diffusion's) and BLIP-Diffusion's own UNet.
 - `toy`: the project's encoder trained on the toy world: the toy DINO ViT, frozen, plus learned
   queries cross-attending to its tokens, projected into the text encoder's input space (see
-  `datasets/toyworld/training/blip.py`). It was trained on one reference per caption with the
+  `toyworld/training/blip.py`). It was trained on one reference per caption with the
   placeholders right before the class noun ("a red <q>x4 ball"), so its defaults stay that layout
   (`query_position: before_class`) and the mean over all references (`reference_mode: average`), the
   settings the README's toy numbers were measured with; `start` / `first` are available to it too.
@@ -27,11 +27,12 @@ Backends, one adapter:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -39,47 +40,13 @@ from safetensors.torch import load_file, save_file
 
 from ..datasets.dreambench import Subject
 from ..errors import UserError
-from ..harness.models import ASSETS, SDComponents
+from ..harness.models import SDComponents
+from ..registry import Registry
 from .base import Fitted, register_method
 from .training import as_dict, resolve_params, subject_references
 
 PLACEHOLDER = "<subject>"
-
-
-class SubjectEncoder(torch.nn.Module):
-    """Image -> K subject embeddings: learned queries attend to a frozen ViT's tokens."""
-
-    def __init__(self, backbone: torch.nn.Module, feature_dim: int, text_dim: int, num_queries: int = 4, heads: int = 4) -> None:
-        super().__init__()
-        self.backbone = backbone.eval().requires_grad_(False)
-        self.queries = torch.nn.Parameter(torch.randn(num_queries, feature_dim) * 0.02)
-        self.attn = torch.nn.MultiheadAttention(feature_dim, heads, batch_first=True)
-        self.norm = torch.nn.LayerNorm(feature_dim)
-        self.proj = torch.nn.Linear(feature_dim, text_dim)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            tokens = self.backbone.forward_features(images)  # [B, 1 + patches, C]
-        q = self.queries.expand(len(images), -1, -1)
-        out, _ = self.attn(q, tokens, tokens)
-        return self.proj(self.norm(out + q))  # [B, K, text_dim]
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
-
-
-def load_subject_encoder(folder: Path) -> tuple[SubjectEncoder, dict]:
-    import timm
-
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise UserError(f"BLIP-Diffusion toy subject encoder not found at '{folder}'; train it with "
-                        "`persobench toyworld train --stage blip` or pass method_params.blip-diffusion.encoder=<folder>")
-    config = json.loads(config_path.read_text())
-    backbone = timm.create_model(f"local-dir:{(folder / config['backbone']).resolve()}", pretrained=True)
-    encoder = SubjectEncoder(backbone, config["feature_dim"], config["text_dim"], config["num_queries"])
-    encoder.load_state_dict(load_file(folder / "subject_encoder.safetensors"), strict=False)
-    return encoder.eval(), config
+logger = logging.getLogger(__name__)
 
 
 class SplicedTextEncoder(torch.nn.Module):
@@ -116,7 +83,7 @@ class SplicedTextEncoder(torch.nn.Module):
 
 @dataclasses.dataclass
 class BlipParams:
-    backend: Literal["toy", "real"] = "toy"
+    backend: str = "toy"  # a registered backend: real, toy
     encoder: str | None = None  # toy: the subject encoder folder (default: the embedded one)
     weights: str = "Salesforce/blipdiffusion"  # real: folder or hub id (local cache) in the published layout
     qformer_tokenizer: str = "bert-base-uncased"  # real: the Q-Former's BERT tokenizer (folder or cached hub id)
@@ -131,13 +98,32 @@ class BlipParams:
 
 
 PRESETS = {"toy": {"backend": "toy"}, "paper": {"backend": "real", "prompt_reps": 20}}
-BACKEND_DEFAULTS = {"real": {"reference_mode": "first", "query_position": "start"},
-                    "toy": {"reference_mode": "average", "query_position": "before_class"}}
+
+
+class Backend(Protocol):
+    """A subject encoder and the text/denoising models its embeddings condition. Built once per run
+    from (params, base components); `defaults` fill the params a user left null."""
+
+    defaults: dict[str, Any]
+    unet: torch.nn.Module
+    num_queries: int
+
+    def embed(self, images: list, class_noun: str) -> torch.Tensor:
+        """Reference image(s) -> [Q, H] subject embeddings (the mean over several)."""
+        ...
+
+    def text_model(self) -> tuple[Any, torch.nn.Module]:
+        """(tokenizer with the PLACEHOLDER token, text encoder sized for it) for one fitted subject."""
+        ...
+
+
+# `real` is below; the toy world registers `toy` (persobench/toyworld/blip_backend.py)
+backends: Registry[Callable[[BlipParams, SDComponents], Backend]] = Registry("blip-diffusion backend")
 
 
 def with_backend_defaults(params: BlipParams) -> BlipParams:
     """Fill the fields left null with the backend's defaults, so the fit signature names what a fit used."""
-    unset = {k: v for k, v in BACKEND_DEFAULTS[params.backend].items() if getattr(params, k) is None}
+    unset = {k: v for k, v in backends.get(params.backend).defaults.items() if getattr(params, k) is None}
     return dataclasses.replace(params, **unset)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
@@ -145,14 +131,15 @@ CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 def _resolve_weights(source: str) -> Path:
     path = Path(source).expanduser()
     if not path.is_dir():
-        try:
-            from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
+        try:
             path = Path(snapshot_download(source, local_files_only=True))
-        except Exception:
+        except (LocalEntryNotFoundError, HFValidationError) as e:  # not cached / not a hub id (a folder that does not exist)
             raise UserError(f"BLIP-Diffusion weights '{source}' not found as a folder or in the local Hugging Face cache; "
                             "download Salesforce/blipdiffusion on a connected machine or pass "
-                            "method_params.blip-diffusion.weights=<folder>") from None
+                            "method_params.blip-diffusion.weights=<folder>") from e
     missing = [p for p in ("qformer", "text_encoder", "tokenizer", "unet") if not (path / p).is_dir()]
     if missing:
         raise UserError(f"'{source}' is not a BLIP-Diffusion folder (missing {', '.join(missing)}); "
@@ -160,8 +147,11 @@ def _resolve_weights(source: str) -> Path:
     return path
 
 
+@backends.register("real", "the published Salesforce/blipdiffusion weights (folder or local hub cache)")
 class RealBlip:
     """The published model's parts, loaded once per run."""
+
+    defaults = {"reference_mode": "first", "query_position": "start"}
 
     def __init__(self, params: BlipParams, components: SDComponents) -> None:
         from diffusers import UNet2DConditionModel
@@ -170,13 +160,14 @@ class RealBlip:
         from .blip_qformer import QFormer
 
         root = _resolve_weights(params.weights)
+        logger.info("BLIP-Diffusion weights from %s", root)
         dev, dtype = components.device, components.dtype
         self.qformer = QFormer.from_folder(root / "qformer").to(dev, dtype)
         try:
             self.bert = BertTokenizer.from_pretrained(params.qformer_tokenizer, local_files_only=True)
-        except Exception:
+        except OSError as e:  # transformers reports a tokenizer it cannot find (folder, cache or hub id) as OSError
             raise UserError(f"the Q-Former tokenizer '{params.qformer_tokenizer}' is not a folder or in the local Hugging Face "
-                            "cache; pass method_params.blip-diffusion.qformer_tokenizer=<BERT tokenizer folder>") from None
+                            "cache; pass method_params.blip-diffusion.qformer_tokenizer=<BERT tokenizer folder>") from e
         self.tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
         self.tokenizer.add_tokens([PLACEHOLDER])
         self.text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", torch_dtype=dtype)
@@ -206,20 +197,23 @@ class RealBlip:
         out = self.qformer(pixels.to(dev, dtype), text.input_ids.to(dev), text.attention_mask.to(dev))
         return out.float().mean(0)
 
+    def text_model(self) -> tuple[Any, torch.nn.Module]:
+        return self.tokenizer, self.text_encoder
+
 
 @register_method("blip-diffusion")
 class BlipDiffusion:
     """BLIP-Diffusion-style zero-shot subject embeddings (no per-subject training)."""
 
     name = "blip-diffusion"
+    fit_step_seconds = 0.0  # one fit step on one A100-class GPU, SD 1.5 fp16 512 px (dry-run estimate)
 
     def __init__(self, params: dict[str, Any], components: SDComponents) -> None:
         self.params = with_backend_defaults(resolve_params(BlipParams, PRESETS, params, self.name))
         if self.params.prompt_reps < 1:
             raise UserError(f"blip-diffusion prompt_reps must be >= 1, got {self.params.prompt_reps}")
         self.components = components
-        self._encoder: tuple[SubjectEncoder, dict] | None = None
-        self._real = RealBlip(self.params, components) if self.params.backend == "real" else None
+        self.backend = backends.get(self.params.backend)(self.params, components)
 
     @staticmethod
     def fit_steps(params: dict[str, Any]) -> int:
@@ -239,48 +233,16 @@ class BlipDiffusion:
         return Fitted(self.name, subject, self.components, unet, tokenizer, text_encoder, identifier=identifier,
                       prompt_reps=self.params.prompt_reps, identifier_first=self.params.query_position == "start")
 
-    def encoder(self) -> tuple[SubjectEncoder, dict]:
-        if self._encoder is None:
-            self._encoder = load_subject_encoder(Path(self.params.encoder) if self.params.encoder else ASSETS / "blip")
-        return self._encoder
-
     def fit(self, subject: Subject, folder: Path, seed: int, progress=None) -> Fitted:
-        if self._real is not None:
-            return self._fit_real(subject, folder)
-        c = self.components
-        encoder, config = self.encoder()
-        if config["text_dim"] != c.text_encoder.config.hidden_size:
-            raise UserError(f"the subject encoder at '{self.params.encoder or ASSETS / 'blip'}' was trained for another text encoder "
-                            f"(width {config['text_dim']}, this model has {c.text_encoder.config.hidden_size})")
+        """Encode the reference(s) once (cached in the fit folder) and splice them over the placeholders."""
+        b, c = self.backend, self.components
         saved = folder / "subject_embeddings.safetensors"
         if saved.is_file():
             embeddings = load_file(saved)["subject"]
         else:
-            from ..datasets.toyworld.training.common import to_tensor
-
-            refs = self.references(subject)
-            size = config["image_size"]
-            x = to_tensor(np.stack([np.asarray(im.resize((size, size))) for im in refs]))
-            with torch.no_grad():
-                embeddings = encoder(x).mean(0)
-            folder.mkdir(parents=True, exist_ok=True)
-            save_file({"subject": embeddings.contiguous()}, saved)
-        tokenizer = copy.deepcopy(c.tokenizer)
-        tokenizer.add_tokens([PLACEHOLDER])
-        inner = copy.deepcopy(c.text_encoder)
-        inner.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        text_encoder = SplicedTextEncoder(inner, tokenizer.convert_tokens_to_ids(PLACEHOLDER), embeddings.to(c.device)).eval()
-        return self.fitted(subject, c.unet, tokenizer, text_encoder, len(embeddings))
-
-    def _fit_real(self, subject: Subject, folder: Path) -> Fitted:
-        real, c = self._real, self.components
-        saved = folder / "subject_embeddings.safetensors"
-        if saved.is_file():
-            embeddings = load_file(saved)["subject"]
-        else:
-            embeddings = real.embed(self.references(subject), subject.class_noun)
+            embeddings = b.embed(self.references(subject), subject.class_noun)
             folder.mkdir(parents=True, exist_ok=True)
             save_file({"subject": embeddings.contiguous().cpu()}, saved)
-        placeholder = real.tokenizer.convert_tokens_to_ids(PLACEHOLDER)
-        text_encoder = SplicedTextEncoder(real.text_encoder, placeholder, embeddings.to(c.device)).eval()
-        return self.fitted(subject, real.unet, real.tokenizer, text_encoder, real.num_queries)
+        tokenizer, inner = b.text_model()
+        text_encoder = SplicedTextEncoder(inner, tokenizer.convert_tokens_to_ids(PLACEHOLDER), embeddings.to(c.device)).eval()
+        return self.fitted(subject, b.unet, tokenizer, text_encoder, b.num_queries)

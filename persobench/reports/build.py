@@ -12,6 +12,7 @@ from ..errors import UserError
 from ..harness.atomic import atomic_path, write_text
 from .html import write_html
 from .markdown import markdown_table
+from .metrics.spec import axes
 from .summary import write_summary
 from .tables import aggregate, paper_layout, to_latex
 from .tradeoff import plot_tradeoff
@@ -50,8 +51,9 @@ def build_run_report(run_root: Path, wandb_mode: str | None = None) -> Path:
         write_text(out / "table.md", markdown_table(layout) + "\n")
         write_text(out / "table.tex", to_latex(layout))
         overall = table[table["split"] == "all"]
-        for y in ("dino", "clip_i"):
-            curves += plot_tradeoff(overall, y, out / f"tradeoff-{y}")
+        for k, x in enumerate(axes("text")):  # one figure per (subject axis, text axis) the specs declare
+            for y in axes("subject"):
+                curves += plot_tradeoff(overall, y, out / (f"tradeoff-{y}" if k == 0 else f"tradeoff-{y}-vs-{x}"), x)
         mode = wandb_mode or config.get("report", {}).get("wandb", "offline")
         log_to_wandb(run_root, points, table, mode, config.get("report", {}).get("wandb_project", "persobench"))
     references = {r.subject: Path(r.reference) for r in records_all.drop_duplicates("subject").itertuples()

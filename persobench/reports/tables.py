@@ -2,7 +2,8 @@
 
 per image -> per (method, guidance, subject, prompt) -> per (method, guidance), overall and split by
 DreamBench kind (live / object). Intervals resample the (subject, prompt) cells with replacement.
-Written as CSV, Markdown and LaTeX (booktabs). Reads only the run store.
+Written as CSV, Markdown and LaTeX (booktabs). Reads only the run store. Which columns, in which order
+and under which labels: the registered metrics' specs (`reports/metrics/spec.py`).
 """
 
 from __future__ import annotations
@@ -14,19 +15,19 @@ import pandas as pd
 
 from ..harness.atomic import atomic_path, write_text
 from .markdown import markdown_table
+from .metrics.spec import present_columns
 
-METRIC_COLUMNS = ["dino", "clip_i", "clip_t", "oracle_identity", "oracle_attributes", "oracle_context"]
-LABELS = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "oracle_identity": "Oracle-ID", "oracle_attributes": "Oracle-Attr",
-          "oracle_context": "Oracle-Ctx"}
 KEYS = ["method", "guidance"]
 
 # Published DreamBench numbers (DINO, CLIP-I, CLIP-T), shown beside real-scale runs. Transcribed from
 # Ruiz et al. 2023 (DreamBooth, Table 1) and Li et al. 2023 (BLIP-Diffusion); not re-verified here.
 PUBLISHED = {
-    "DreamBooth (SD) [Ruiz et al. 2023]": (0.668, 0.803, 0.305),
-    "Textual Inversion [Ruiz et al. 2023]": (0.569, 0.780, 0.255),
-    "BLIP-Diffusion zero-shot [Li et al. 2023]": (0.594, 0.779, 0.300),
-    "Real images [Ruiz et al. 2023]": (0.774, 0.885, float("nan")),
+    name: dict(zip(("dino", "clip_i", "clip_t"), values)) for name, values in {
+        "DreamBooth (SD) [Ruiz et al. 2023]": (0.668, 0.803, 0.305),
+        "Textual Inversion [Ruiz et al. 2023]": (0.569, 0.780, 0.255),
+        "BLIP-Diffusion zero-shot [Li et al. 2023]": (0.594, 0.779, 0.300),
+        "Real images [Ruiz et al. 2023]": (0.774, 0.885, float("nan")),
+    }.items()
 }
 
 
@@ -40,7 +41,7 @@ def bootstrap_ci(values: np.ndarray, n: int, seed: int = 0) -> tuple[float, floa
 
 
 def aggregate(scores: pd.DataFrame, bootstrap: int = 1000) -> pd.DataFrame:
-    metrics = [c for c in METRIC_COLUMNS if c in scores.columns]
+    metrics = [c.name for c in present_columns(scores.columns)]  # every spec's aggregation is the mean
     cells = scores.groupby(KEYS + ["kind", "subject", "prompt_template"], sort=False)[metrics].mean().reset_index()
     rows = []
     for split, part in [("all", cells)] + [(k, cells[cells["kind"] == k]) for k in ("object", "live")]:
@@ -65,17 +66,17 @@ def paper_layout(table: pd.DataFrame, published: bool = False, split: str = "all
     """Rows = method (each without / with guidance), columns = metrics, for one split (all, object,
     live); with `published`, the published DreamBench rows follow (real-scale runs only)."""
     overall = table[table["split"] == split]
-    metrics = [m for m in METRIC_COLUMNS if m in overall.columns]
+    columns = present_columns(overall.columns)
     out = pd.DataFrame({"Method": overall["method"], "Guidance": overall["guidance"]})
-    for m in metrics:
-        out[LABELS[m]] = [_fmt(r, m) for _, r in overall.iterrows()]
+    for c in columns:
+        out[c.label] = [_fmt(r, c.name) for _, r in overall.iterrows()]
     if published:
         rows = []
         for name, values in PUBLISHED.items():
             row = {"Method": f"published: {name}", "Guidance": "–"}
-            for m in metrics:
-                idx = ["dino", "clip_i", "clip_t"].index(m) if m in ("dino", "clip_i", "clip_t") else None
-                row[LABELS[m]] = "–" if idx is None or np.isnan(values[idx]) else f"{values[idx]:.3f}"
+            for c in columns:
+                value = values.get(c.name, float("nan"))
+                row[c.label] = "–" if np.isnan(value) else f"{value:.3f}"
             rows.append(row)
         out = pd.concat([out, pd.DataFrame(rows)], ignore_index=True)
     return out.reset_index(drop=True)

@@ -3,6 +3,7 @@
 Resolved config in `wandb.config`, aggregate scores in `run.summary`, group = the run (sweep) name,
 a `wandb.Table` of per-image scores with thumbnails (capped, W&B tables are for browsing, the store
 keeps everything), and the trade-off scatter. Offline by default; the W&B folder lives in the run.
+The score columns and the scatter's axes come from the registered metrics' specs.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import pandas as pd
 import yaml
 from PIL import Image
 
+from .metrics.spec import axes, label, present_columns
+
 MAX_TABLE_ROWS = 200  # thumbnails per operating point
-SCORE_COLUMNS = ["dino", "clip_i", "clip_t", "oracle_identity", "oracle_attributes", "oracle_context"]
 
 
 def log_to_wandb(run_root: Path, points: list[Path], table: pd.DataFrame, mode: str, project: str) -> list[str]:
@@ -26,27 +28,30 @@ def log_to_wandb(run_root: Path, points: list[Path], table: pd.DataFrame, mode: 
     import wandb
 
     overall = table[table["split"] == "all"]
-    scatter_rows = [[f"{r.point}/{r.method}/{r.guidance}", r.clip_t, r.dino] for r in overall.itertuples()
-                    if "clip_t" in overall and "dino" in overall]
+    score_columns = [c.name for c in present_columns(table.columns)]
+    x = next(iter(axes("text")), None)  # the scatter: the first subject-fidelity axis against the first text one
+    y = next(iter(axes("subject")), None)
+    scatter_rows = [[f"{r['point']}/{r['method']}/{r['guidance']}", r[x], r[y]] for r in overall.to_dict("records")
+                    if x in overall and y in overall]
     ids = []
     for point in points:
         config = yaml.safe_load((point / "config.yaml").read_text())
         scores = pd.read_parquet(point / "scores.parquet") if (point / "scores.parquet").is_file() else None
-        for row in overall[overall["point"] == point.name].itertuples():
+        for row in overall[overall["point"] == point.name].to_dict("records"):
             run = wandb.init(project=project, dir=str(run_root), mode=mode, group=run_root.name, reinit="create_new",
-                             name=f"{point.name}/{row.method}/{row.guidance}",
-                             config={**config, "operating_point": {"method": row.method, "guidance": row.guidance}})
-            for m in SCORE_COLUMNS:
-                if hasattr(row, m) and pd.notna(getattr(row, m)):
-                    run.summary[m] = float(getattr(row, m))
+                             name=f"{point.name}/{row['method']}/{row['guidance']}",
+                             config={**config, "operating_point": {"method": row["method"], "guidance": row["guidance"]}})
+            for m in score_columns:
+                if pd.notna(row[m]):
+                    run.summary[m] = float(row[m])
             if scores is not None:
-                sub = scores[(scores["method"] == row.method) & (scores["guidance"] == row.guidance)].head(MAX_TABLE_ROWS)
-                cols = ["subject", "prompt", "index", "seed"] + [m for m in SCORE_COLUMNS if m in sub]
+                sub = scores[(scores["method"] == row["method"]) & (scores["guidance"] == row["guidance"])].head(MAX_TABLE_ROWS)
+                cols = ["subject", "prompt", "index", "seed"] + [m for m in score_columns if m in sub]
                 data = [[*(r[c] for c in cols), wandb.Image(Image.open(run_root / r["image"]).convert("RGB"))] for _, r in sub.iterrows()]
                 run.log({"images": wandb.Table(columns=cols + ["image"], data=data)})
             if scatter_rows:
-                tradeoff = wandb.Table(columns=["operating_point", "clip_t", "dino"], data=scatter_rows)
-                run.log({"tradeoff": wandb.plot.scatter(tradeoff, "clip_t", "dino", title="DINO vs CLIP-T")})
+                tradeoff = wandb.Table(columns=["operating_point", x, y], data=scatter_rows)
+                run.log({"tradeoff": wandb.plot.scatter(tradeoff, x, y, title=f"{label(y)} vs {label(x)}")})
             ids.append(run.id)
             run.finish()
     return ids

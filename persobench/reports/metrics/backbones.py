@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,12 +29,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...errors import UserError
-from ...harness.models import ASSETS
 from ...registry import Registry
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+logger = logging.getLogger(__name__)
+# The loaders below catch broadly on purpose: timm and open_clip raise many kinds for a wrong, corrupt or incomplete
+# checkpoint (RuntimeError for a state-dict mismatch, KeyError, ValueError, OSError, safetensors and pickle errors), and
+# each means "these weights cannot be used". The original is logged at DEBUG and chained (`persobench --debug` shows it).
 
 
 @dataclasses.dataclass
@@ -132,8 +136,6 @@ class FolderSpec:
 
 
 backbones: Registry[RealSpec | FolderSpec] = Registry("backbone")
-backbones.register("toy-clip", "the toy world's open_clip model (embedded)")(FolderSpec("clip", ASSETS / "clip"))
-backbones.register("toy-dino", "the toy world's timm ViT (embedded)")(FolderSpec("dino", ASSETS / "dino"))
 backbones.register("dino-vits16", "DINO ViT-S/16 (timm vit_small_patch16_224.dino), DreamBench's DINO recipe")(
     RealSpec("dino", "timm", "vit_small_patch16_224.dino", "timm/vit_small_patch16_224.dino", ("model.safetensors", "pytorch_model.bin"),
              DINO_RECIPE))
@@ -177,9 +179,10 @@ def _timm_file(name: str, spec: RealSpec, path: Path):
 
     try:
         model = timm.create_model(spec.arch, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)})
-    except Exception as e:  # timm raises many kinds for a wrong or corrupt file
+    except Exception as e:  # broad on purpose (see the top): timm raises many kinds for a wrong or corrupt file
+        logger.debug("timm could not load %s as %s", path, spec.arch, exc_info=True)
         raise UserError(f"backbone {name!r} could not load '{path}' ({type(e).__name__}); metrics.{spec.kind}_weights must hold "
-                        f"{spec.arch} weights") from None
+                        f"{spec.arch} weights") from e
     if getattr(model, "global_pool", "token") != "token":
         raise UserError(f"backbone {name!r}: {spec.arch} must pool the CLS token")
     return model, None, "forward"  # forward = the CLS token after the final norm, as DINO's own model(x)
@@ -191,9 +194,10 @@ def _open_clip_file(name: str, spec: RealSpec, path: Path):
 
     try:
         model = open_clip.create_model(spec.arch, pretrained=str(path), require_pretrained=True)
-    except Exception as e:
+    except Exception as e:  # broad on purpose (see the top): open_clip raises many kinds for a wrong or corrupt file
+        logger.debug("open_clip could not load %s as %s", path, spec.arch, exc_info=True)
         raise UserError(f"backbone {name!r} could not load '{path}' ({type(e).__name__}); metrics.{spec.kind}_weights must hold "
-                        f"open_clip {spec.arch} weights") from None
+                        f"open_clip {spec.arch} weights") from e
     return model, open_clip.get_tokenizer(spec.arch), "encode_image"
 
 
@@ -202,9 +206,10 @@ def _open_clip_dir(name: str, folder: Path, fingerprint: str) -> Backbone:
 
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", cache_dir=None)
-    except Exception as e:  # open_clip raises many kinds for a broken folder
+    except Exception as e:  # broad on purpose (see the top): open_clip raises many kinds for a broken folder
+        logger.debug("open_clip could not load the folder %s", folder, exc_info=True)
         raise UserError(f"CLIP backbone {name!r} could not be loaded from '{folder}' ({type(e).__name__}); it needs "
-                        "open_clip_config.json and its weights") from None
+                        "open_clip_config.json and its weights") from e
     describe = {"library": "open_clip", "model": "local-dir", "preprocess": str(preprocess).replace("\n", " "), "weights": str(folder),
                 "weights_sha256": fingerprint}
     return Backbone(name, model.eval().requires_grad_(False), preprocess, describe, open_clip.get_tokenizer(f"local-dir:{folder}"),
@@ -216,9 +221,10 @@ def _timm_dir(name: str, folder: Path, fingerprint: str) -> Backbone:
 
     try:
         model = timm.create_model(f"local-dir:{folder}", pretrained=True, num_classes=0)
-    except Exception as e:
+    except Exception as e:  # broad on purpose (see the top): timm raises many kinds for a broken folder
+        logger.debug("timm could not load the folder %s", folder, exc_info=True)
         raise UserError(f"DINO backbone {name!r} could not be loaded from '{folder}' ({type(e).__name__}); it needs config.json "
-                        "and its weights") from None
+                        "and its weights") from e
     config = timm.data.resolve_data_config({}, model=model)
     transform = timm.data.create_transform(**config)
     describe = {"library": "timm", "model": "local-dir", "data_config": str(config), "preprocess": str(transform).replace("\n", " "),

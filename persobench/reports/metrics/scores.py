@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +28,10 @@ from ...errors import UserError
 from ...harness.atomic import atomic_path
 from ...harness.config import MetricsConfig, stable_hash
 from ...harness.models import resolve_device
-from ...registry import Registry
 from .backbones import Backbone, get_backbone
+from .spec import Column, MetricSpec, metrics, register_metric
+
+__all__ = ["Column", "MetricSpec", "ScoringContext", "metrics", "register_metric", "score_frame"]
 
 
 @dataclasses.dataclass
@@ -56,10 +57,6 @@ class ScoringContext:
         with atomic_path(path) as tmp:
             torch.save(emb.cpu(), tmp)
         return emb
-
-
-Metric = Callable[[ScoringContext, pd.DataFrame], pd.DataFrame]
-metrics: Registry[Metric] = Registry("metric")
 
 
 def backbone_for(cfg: MetricsConfig, kind: str) -> Backbone:
@@ -89,12 +86,14 @@ def _image_to_reference_similarity(ctx: ScoringContext, frame: pd.DataFrame, kin
     return scale_image_metric(out, ctx.cfg.image_scale)
 
 
-@metrics.register("dino", "DreamBench DINO: mean cosine to the subject's real images (metrics.dino_backbone)")
+@register_metric("dino", "DreamBench DINO: mean cosine to the subject's real images (metrics.dino_backbone)",
+                 Column("dino", "DINO", tolerance=0.02, axis="subject"), backbones=("dino",))
 def dino(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"dino": _image_to_reference_similarity(ctx, frame, "dino")})
 
 
-@metrics.register("clip-i", "DreamBench CLIP-I: the same with the CLIP image tower (metrics.clip_backbone)")
+@register_metric("clip-i", "DreamBench CLIP-I: the same with the CLIP image tower (metrics.clip_backbone)",
+                 Column("clip_i", "CLIP-I", tolerance=0.02, axis="subject"), backbones=("clip",))
 def clip_i(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"clip_i": _image_to_reference_similarity(ctx, frame, "clip")})
 
@@ -109,7 +108,8 @@ def scale_clip_t(cos: np.ndarray, scale: str) -> np.ndarray:
     raise UserError(f"metrics.clip_t_scale must be raw, x100 or w2.5, got {scale!r}")
 
 
-@metrics.register("clip-t", "DreamBench CLIP-T: image-text cosine (metrics.clip_t_text, metrics.clip_t_scale)")
+@register_metric("clip-t", "DreamBench CLIP-T: image-text cosine (metrics.clip_t_text, metrics.clip_t_scale)",
+                 Column("clip_t", "CLIP-T", tolerance=0.01, axis="text"), backbones=("clip",))
 def clip_t(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
     backbone = backbone_for(ctx.cfg, "clip")
     backbone.model.to(ctx.device)
@@ -121,45 +121,17 @@ def clip_t(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"clip_t": scale_clip_t(cos, ctx.cfg.clip_t_scale)})
 
 
-@metrics.register("oracle", "toy world only: oracle identity (strict, per attribute) and context accuracy vs ToyBench's "
-                  "ground truth; the secondary colour counts only where the prompt lets it show")
-def oracle(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
-    from ...datasets.toyworld.evaluate import load_oracle, oracle_read
-    from ...datasets.toyworld.render import secondary_drawn
-    from ...datasets.toyworld.training.common import to_tensor
-    from ...datasets.toyworld.world import ACCESSORIES, COLOURS, CONTEXTS, Identity
-
-    if ctx.ground_truth is None:
-        raise UserError("metric 'oracle' needs the toy world's ground truth (ground_truth.json): use dataset.name=toybench "
-                        "or remove 'oracle' from metrics.names")
-    model, heads = load_oracle(Path(ctx.cfg.oracle_path)) if ctx.cfg.oracle_path else load_oracle()
-    arr = np.stack([np.asarray(im.convert("RGB").resize((64, 64), Image.BICUBIC)) for im in ctx.images])
-    read = oracle_read(model, heads, to_tensor(arr))
-    phrase_to_context = {v: k for k, v in CONTEXTS.items() if v}
-    identity, attributes, context = [], [], []
-    for i, row in enumerate(frame.itertuples()):
-        truth = ctx.ground_truth[row.subject]["identity"]
-        recolour = next((c for c in COLOURS if row.prompt_template.startswith(f"a {c} ")), None)
-        accessory = next((a for a, phrase in ACCESSORIES.items() if phrase and row.prompt_template.endswith(phrase)), "none")
-        want = {"class": truth["cls"], "secondary": truth["secondary"], "pattern": truth["pattern"],
-                "primary": recolour or truth["primary"]}
-        if not secondary_drawn(Identity(**truth), recolour or "none", accessory):
-            del want["secondary"]  # e.g. "a purple ..." of a subject whose trim is purple: nothing to read
-        hits = [read[k][i] == v for k, v in want.items()]
-        identity.append(float(all(hits)))  # strict: class, both colours and pattern all right
-        attributes.append(float(np.mean(hits)))  # graded: the fraction of them right
-        ctx_name = next((name for phrase, name in phrase_to_context.items() if row.prompt_template.endswith(phrase)), None)
-        context.append(float(read["context"][i] == ctx_name) if ctx_name else np.nan)
-    return pd.DataFrame({"oracle_identity": identity, "oracle_attributes": attributes, "oracle_context": context})
-
-
 def protocol(cfg: MetricsConfig) -> dict:
     """Every scoring choice that moves a number (the preset's name and every resolved field), with each
     backbone's preprocessing and weights fingerprint, for the file written next to the scores."""
-    used = {"dino": ["dino"], "clip-i": ["clip"], "clip-t": ["clip"]}
-    kinds = sorted({k for n in cfg.names for k in used.get(n, [])})
+    kinds = backbone_kinds(cfg)
     described = {getattr(cfg, f"{k}_backbone"): backbone_for(cfg, k).describe for k in kinds}
     return {"metrics": dataclasses.asdict(cfg), "preset_overrides": preset_overrides(cfg), "backbones": described}
+
+
+def backbone_kinds(cfg: MetricsConfig) -> list[str]:
+    """The `metrics.<kind>_backbone` fields the configured metrics embed with (their specs' `backbones`)."""
+    return sorted({k for n in cfg.names for k in metrics.get(n).backbones})
 
 
 def preset_overrides(cfg: MetricsConfig) -> dict:

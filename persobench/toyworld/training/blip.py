@@ -39,7 +39,8 @@ def train_blip(out: Path, work: Path, cfg: EvaluatorConfig, num_queries: int = 4
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from ....methods.blip_diffusion import PLACEHOLDER, SplicedTextEncoder, SubjectEncoder
+    from ...methods.blip_diffusion import PLACEHOLDER, SplicedTextEncoder
+    from ..models import SubjectEncoder
 
     torch.manual_seed(cfg.seed)
     sd = out / "sd"

@@ -1,4 +1,4 @@
-"""`python -m persobench.datasets.toyworld.training --stage vae,t2i --out DIR --work DIR`."""
+"""`python -m persobench.toyworld.training --stage vae,t2i --out DIR --work DIR`."""
 
 from __future__ import annotations
 

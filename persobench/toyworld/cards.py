@@ -6,10 +6,10 @@ import json
 import re
 from pathlib import Path
 
-from ...harness.atomic import write_text
+from ..harness.atomic import write_text
 
 TRAIN = "persobench toyworld train --stage {stage} --work training/toyworld   # resumable; add --smoke for the 1-minute test run"
-DATA = ("Procedurally rendered 64x64 toy-world scenes (`persobench/datasets/toyworld/render.py`), training seeds from "
+DATA = ("Procedurally rendered 64x64 toy-world scenes (`persobench/toyworld/render.py`), training seeds from "
         "1,000,000 (held-out evaluation seeds from 9,000,000); 5 classes (ball, box, vase, cup, live class cat), "
         "10 colours, 4 patterns x 2 scales, 9 contexts, shiny property, hat/glasses accessories.")
 
@@ -36,7 +36,7 @@ MODELS = {
              "timm `create_model('local-dir:<folder>', pretrained=True)`: ViT (64 px, patch 8, width 128, depth 4), trained "
              "instance-discriminatively (NT-Xent): two renders of one instance in other poses/contexts are positives."),
     "blip": ("Toy BLIP-Diffusion subject encoder", "blip",
-             "`persobench.methods.blip_diffusion.load_subject_encoder(folder)`: the toy DINO ViT (frozen, `../dino`) + 4 learned "
+             "`persobench.toyworld.models.load_subject_encoder(folder)`: the toy DINO ViT (frozen, `../dino`) + 4 learned "
              "queries with cross-attention to its tokens, projected to the text encoder's width; trained with the diffusion loss "
              "of the frozen toy t2i model on pairs (subject embeddings of render A condition the caption of render B). "
              "Trained against the t2i steps given in config.json: retrain after the t2i model changes."),
@@ -72,14 +72,14 @@ model = timm.create_model("local-dir:persobench/assets/toyworld/dino", pretraine
 with torch.no_grad():
     embedding = model(torch.randn(1, 3, 64, 64))  # [1, 128]: the CLS token after the final norm""",
     "oracle": """import torch
-from persobench.datasets.toyworld.evaluate import load_oracle, oracle_read
+from persobench.toyworld.evaluate import load_oracle, oracle_read
 
 model, heads = load_oracle()  # or load_oracle(Path("persobench/assets/toyworld/oracle"))
 attributes = oracle_read(model, heads, torch.zeros(1, 3, 64, 64))  # images in [-1, 1], 64 px""",
     "blip": """from pathlib import Path
 
 import torch
-from persobench.methods.blip_diffusion import load_subject_encoder
+from persobench.toyworld.models import load_subject_encoder
 
 encoder, config = load_subject_encoder(Path("persobench/assets/toyworld/blip"))
 with torch.no_grad():
