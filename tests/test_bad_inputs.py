@@ -18,7 +18,7 @@ def env(tmp_path, tiny_model):
     shutil.copytree(Path(__file__).resolve().parent.parent / "persobench" / "assets" / "toyworld" / "toybench", bench)
     base = [f"model.source={tiny_model}", f"store={tmp_path / 'store'}", "dataset.name=dreambench", f"dataset.path={bench}",
             "dataset.subjects=[ball1]", "dataset.max_prompts=1", "dataset.images_per_prompt=1", "sampler.steps=2",
-            "metrics.names=[]", "report.wandb=disabled"]
+            "metrics.names=[]", "report.wandb=disabled", "methods=[vanilla-sd]", "guidance.name=none"]  # whatever default.yaml runs
     return tmp_path, bench, base
 
 
@@ -28,11 +28,6 @@ def _corrupt_image(bench: Path) -> None:
 
 def _tiny_image(bench: Path) -> None:
     Image.new("RGB", (1, 1)).save(bench / "ball1" / "00.jpg")
-
-
-def _sixteen_bit(bench: Path) -> None:
-    (bench / "ball1" / "00.jpg").unlink()
-    Image.new("I;16", (64, 64)).save(bench / "ball1" / "00.png")
 
 
 def _empty_subject(bench: Path) -> None:
@@ -54,6 +49,20 @@ def _bad_prompts(bench: Path) -> None:
 
 def _missing_subject_folder(bench: Path) -> None:
     shutil.rmtree(bench / "ball1")
+
+
+def _two_bad_images(bench: Path) -> None:
+    _corrupt_image(bench)
+    Image.new("RGB", (1, 1)).save(bench / "ball1" / "01.jpg")
+
+
+def _all_images_bad_and_skipped(bench: Path) -> None:
+    for p in (bench / "ball1").iterdir():
+        p.write_bytes(b"junk")
+
+
+def _no_ground_truth(bench: Path) -> None:
+    (bench / "ground_truth.json").unlink()
 
 
 def _bad_yaml(tmp: Path) -> list[str]:
@@ -95,9 +104,19 @@ CASES = [
      "metrics.clip_weights: '/nonexistent/clip.safetensors' does not exist"),
     ("corrupt-image", [], _corrupt_image, "cannot be read"),
     ("1x1-image", [], _tiny_image, "at least 16 px"),
-    ("16-bit-image", [], _sixteen_bit, "16-bit"),
+    ("two-bad-images", [], _two_bad_images, "2 image(s) cannot be used"),
+    ("every-image-skipped", ["dataset.skip_bad_images=true"], _all_images_bad_and_skipped, "subject 'ball1' has no usable image"),
+    ("zero-images-per-prompt", ["dataset.images_per_prompt=0"], None, "dataset.images_per_prompt must be positive, got 0"),
+    ("zero-max-prompts", ["dataset.max_prompts=0"], None, "dataset.max_prompts must be positive or null, got 0"),
+    ("more-references-than-images", ["guidance.name=pick-and-draw", "guidance.appearance.num_references=9"], None,
+     "subject 'ball1' has 5"),
+    ("layout-sigma", ["guidance.layout.sigma=0"], None, "guidance.layout.sigma must be > 0, got 0"),
+    ("layout-kernel-even", ["guidance.layout.kernel=4"], None, "guidance.layout.kernel must be a positive odd size (e.g. 3), got 4"),
+    ("layout-kernel-zero", ["guidance.layout.kernel=0"], None, "guidance.layout.kernel must be a positive odd size (e.g. 3), got 0"),
+    ("zero-iterations", ["guidance.iterations=0"], None, "guidance.iterations must be positive, got 0"),
+    ("oracle-without-ground-truth", ["metrics.names=[oracle]"], _no_ground_truth, "need ground truth that dataset 'dreambench' lacks"),
     ("empty-subject-folder", [], _empty_subject, "has no images"),
-    ("empty-image-file", [], _empty_file, "is empty (0 bytes)"),
+    ("empty-image-file", [], _empty_file, "empty file, 0 bytes"),
     ("no-prompts-file", [], _no_prompts, "has no prompts_and_classes.txt"),
     ("not-dreambench-prompts", [], _bad_prompts, "Object Prompts"),
     ("missing-subject-folder", [], _missing_subject_folder, "does not exist"),
@@ -152,3 +171,78 @@ def test_nan_in_guidance_is_reported_with_its_step_and_not_written(env, capsys, 
     err = capsys.readouterr().err
     assert "NaN/inf at guided step(s) [0]" in err
     assert not list((tmp / "store").rglob("*.png"))
+
+
+def test_both_bad_images_are_named_in_the_one_line(env, capsys):
+    _, bench, base = env
+    _two_bad_images(bench)
+    assert main(["run", *base]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "00.jpg' (cannot be read" in err and "01.jpg' (1x1 px" in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize("store", ["a-file/runs", "a-file"])
+def test_a_store_that_cannot_be_created_is_a_clear_error(env, capsys, monkeypatch, store):
+    from persobench.harness import runner
+
+    tmp, _, base = env
+    (tmp / "a-file").write_text("not a folder\n")
+    monkeypatch.setattr(runner, "load_components", lambda *a, **k: pytest.fail("a model loaded before the store was checked"))
+    assert main(["run", *base, f"store={tmp / store}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "store=" in err and "not a folder" in err, err
+    assert (tmp / "a-file").read_text() == "not a folder\n"
+
+
+def test_images_any_viewer_shows_are_used_and_bad_ones_skipped_with_one_warning_each(env, capsys):
+    """A 16-bit PNG (scaled, not refused), hidden and system files, a note and a corrupt JPEG skipped on request."""
+    from persobench.datasets.dreambench import load_image
+
+    tmp, bench, base = env
+    (bench / "ball1" / "00.jpg").unlink()
+    Image.new("I;16", (64, 64), 40000).save(bench / "ball1" / "00 Grey Photo.PNG")
+    assert load_image(bench / "ball1" / "00 Grey Photo.PNG").getpixel((0, 0)) == (156, 156, 156)  # 40000 / 257, not 255
+    (bench / "ball1" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (bench / "ball1" / "._01.jpg").write_bytes(b"\x00\x05\x16\x07")
+    (bench / "ball1" / "Thumbs.db").write_bytes(b"\xd0\xcf")
+    (bench / "ball1" / "notes.txt").write_text("hi\n")
+    (bench / "ball1" / "02.jpg").write_bytes(b"\xff\xd8 broken")
+    assert main(["run", *base, "dataset.skip_bad_images=true"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "02.jpg" in err[0] and "skipped" in err[0], err
+    assert len(list((tmp / "store" / "default" / "images").rglob("*.png"))) == 1
+
+
+def test_a_default_config_subject_list_does_not_leak_into_another_dataset(env, capsys):
+    """default.yaml's ToyBench subjects (and its work-list sizes) belong to ToyBench: a folder run starts from
+    the folder dataset's own defaults."""
+    tmp, _, base = env
+    folder = tmp / "My Mug"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), "red").save(folder / "IMG_1.JPG")
+    own = [o for o in base if not o.startswith("dataset.")]
+    assert main(["run", "--dry-run", *own, "dataset.name=folder", f"dataset.path={folder}", "dataset.class_noun=mug"]) == 0
+    out = capsys.readouterr().out
+    assert "1 subjects" in out, out
+
+
+def test_a_metric_the_data_cannot_support_is_dropped_with_a_notice_when_it_was_a_default(env, capsys, monkeypatch):
+    """metrics.names not written: the oracle (ToyBench's ground truth) is dropped before any work, one notice line."""
+    from persobench.errors import UserError
+    from persobench.harness import runner
+
+    tmp, bench, base = env
+    _no_ground_truth(bench)
+    seen = {}
+
+    def stop(model_cfg):
+        seen["loaded"] = True
+        raise UserError("stopped after the checks")
+
+    monkeypatch.setattr(runner, "load_components", stop)
+    monkeypatch.setattr(runner, "check_metrics", lambda cfg: seen.setdefault("metrics", list(cfg.metrics.names)))
+    own = [o for o in base if not o.startswith("metrics.names")]
+    assert main(["run", *own]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert seen["metrics"] == ["dino", "clip-i", "clip-t"] and seen["loaded"]
+    assert len(err) == 2 and "oracle" in err[0] and "ground truth" in err[0] and err[1] == "error: stopped after the checks", err

@@ -34,7 +34,7 @@ def registered():
 
 def _overrides(tiny_model, store):
     return [f"model.source={tiny_model}", f"store={store}", "dataset.subjects=[ball1]", "dataset.max_prompts=2",
-            "dataset.images_per_prompt=2", "sampler.steps=2", "methods=[vanilla-sd]", "metrics.names=[brightness]",
+            "dataset.images_per_prompt=2", "sampler.steps=2", "methods=[vanilla-sd]", "guidance.name=none", "metrics.names=[brightness]",
             "metrics.bootstrap=10"]
 
 

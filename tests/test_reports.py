@@ -26,7 +26,8 @@ def reported_run(tmp_path_factory, tiny_model, tiny_evaluators):
             "dataset.images_per_prompt=2", "sampler.steps=3", "methods=[vanilla-sd, textual-inversion]",
             "method_params={textual-inversion: {steps: 2, batch_size: 2}}", "metrics.names=[dino, clip-i, clip-t, oracle]",
             f"metrics.dino_backbone=dino:{tiny_evaluators / 'dino'}", f"metrics.clip_backbone=clip:{tiny_evaluators / 'clip'}",
-            f"metrics.oracle_path={tiny_evaluators / 'oracle'}", "metrics.bootstrap=20", "--sweep", "sampler.cfg_scale=2,4"]
+            f"metrics.oracle_path={tiny_evaluators / 'oracle'}", "metrics.bootstrap=20", "guidance.name=none",
+            "--sweep", "sampler.cfg_scale=2,4"]
     assert main(args) == 0
     return store / "default"
 

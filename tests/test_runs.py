@@ -63,7 +63,8 @@ def test_images_independent_of_batch_size_and_order(make_config, tmp_path):
 
 def test_killed_run_resumes_to_the_uninterrupted_result(make_config, tiny_model, tmp_path):
     args = [f"model.source={tiny_model}", "dataset.subjects=[ball1, cat1]", "dataset.max_prompts=3",
-            "dataset.images_per_prompt=2", "sampler.steps=25", "sampler.batch_size=1", "metrics.names=[]", "report.wandb=disabled"]
+            "dataset.images_per_prompt=2", "sampler.steps=25", "sampler.batch_size=1", "metrics.names=[]", "report.wandb=disabled",
+            "methods=[vanilla-sd]", "guidance.name=none"]  # not the demo's methods and guidance (default.yaml)
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "persobench", "run", *args, f"store={killed}"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -17,7 +17,7 @@ from PIL import Image
 
 ARGS = ["dataset.subjects=[ball1, cat1]", "dataset.max_prompts=3", "dataset.images_per_prompt=2", "sampler.steps=12",
         "sampler.batch_size=2", "metrics.names=[]", "report.wandb=disabled", "methods=[vanilla-sd, textual-inversion]",
-        "method_params={textual-inversion: {steps: 3, batch_size: 2}}"]
+        "method_params={textual-inversion: {steps: 3, batch_size: 2}}", "guidance.name=none"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 

@@ -35,7 +35,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise UserError(f"no space left on the device writing '{path}'; free space or pass store=<a larger disk>") from None
-        if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG):
             raise UserError(f"cannot write '{path}' ({os.strerror(e.errno)}); pass store=<a writable folder>") from None
         raise
     finally:

@@ -96,18 +96,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         used = list(dict.fromkeys(m for _, cfg in configs for m in cfg.methods))
         print(f"total ~{total:.2f} GPU-hours (A100-class, SD 1.5 fp16 512 px unit costs: {unit_costs(used)})")
         return 0
+    point_dirs = []
     with progress_bar() as bar:
         for point, cfg in configs:
-            out = run(cfg, _point_name(point), progress=bar)
-            bar.console.print(f"[green]point {_point_name(point)} done[/]: {out}")
-    from ..reports.build import build_run_report
+            point_dirs.append(run(cfg, _point_name(point), progress=bar))
+            bar.console.print(f"[green]point {_point_name(point)} done[/]: {point_dirs[-1]}")
+    from ..reports.build import build_run_report, report_paths, results_table
     from .distributed import current_shard
 
     if not current_shard().is_main:
         return 0
     cfg = configs[0][1]
-    page = build_run_report(Path(cfg.store) / cfg.name, args.wandb or cfg.report.wandb)
-    print(f"report: {page}")
+    run_root = Path(cfg.store) / cfg.name
+    build_run_report(run_root, args.wandb or cfg.report.wandb)
+    if cfg.metrics.names:  # the results table (guided rows: change vs unguided), then where the report is
+        print(f"\nresults ({run_root}; mean over (subject, prompt) cells; 95% intervals and live/object splits in table.md):")
+        print(results_table(point_dirs))
+    for path in report_paths(run_root):
+        print(f"{'report' if path.suffix == '.html' else 'trade-off figure'}: {path}")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import types
 import typing
 from pathlib import Path
@@ -19,6 +20,7 @@ import yaml
 
 from ..errors import UserError
 
+logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class ModelConfig:
@@ -43,14 +45,20 @@ class SamplerConfig:
 
 @dataclasses.dataclass
 class DatasetConfig:
+    """Which subjects and prompts. A config file's `dataset:` section belongs to the dataset it names: when an
+    override switches `dataset.name` to another dataset, none of that section applies (see `load_config`)."""
+
     name: str = "toybench"  # dreambench | toybench | folder
-    path: str | None = None  # dreambench / folder: where the data is; toybench: the shipped copy
+    path: str | None = None  # dreambench / folder: where the data is (folder: one subject's images, or subject folders
+    # plus a classes file); toybench: the shipped copy
     subjects: list[str] | None = None  # None = every subject
     max_subjects: int | None = None
     max_prompts: int | None = None  # first N prompts of each subject's list
     images_per_prompt: int = 4  # DreamBench protocol: 4
-    class_noun: str | None = None  # folder: the subject's class noun
+    class_noun: str | None = None  # folder, one subject's folder: its class noun
+    classes: str | None = None  # folder of subject folders: its classes file (default: prompts_and_classes.txt or classes.csv in path)
     live_classes: list[str] = dataclasses.field(default_factory=lambda: ["cat", "dog"])
+    skip_bad_images: bool = False  # false: every unusable image is listed in one error; true: skipped, one warning each
 
 
 @dataclasses.dataclass
@@ -245,9 +253,20 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+PACKAGED_DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults <- YAML file <- overrides, validated."""
+    """Defaults <- YAML file <- overrides, validated.
+
+    A config file's `dataset:` section belongs to the dataset it names: when an override switches
+    `dataset.name` to another dataset, none of the file's `dataset.*` values apply (so default.yaml's
+    ToyBench subject list and work-list sizes never reach a `folder` or `dreambench` run); write
+    `dataset.*` overrides for the new dataset instead. The keys the user wrote (a config file other than
+    the packaged default, or an override) are kept on the config (`written`)."""
     data: dict[str, Any] = to_dict(RunConfig())
+    parsed = [parse_override(text) for text in overrides or []]
+    given: set[str] = set()
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -260,18 +279,52 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise UserError(f"config file '{p}' is not valid YAML{where}: fix the syntax") from None
         if not isinstance(loaded, dict):
             raise UserError(f"config file '{p}' must hold a mapping of keys, not {type(loaded).__name__}")
+        loaded = _scope_dataset_section(loaded, parsed, p)
         _merge(data, loaded)
         explicit = _explicit_metrics_keys(["metrics"], loaded.get("metrics"))
+        if p.resolve() != PACKAGED_DEFAULT:
+            given |= _dotted_keys([], loaded)
     else:
         explicit = set()
-    for text in overrides or []:
-        key_path, value = parse_override(text)
+    for key_path, value in parsed:
         apply_override(data, key_path, value)
         explicit |= _explicit_metrics_keys(key_path, value)
+        given |= _dotted_keys(key_path, value)
     _apply_metrics_preset(data, explicit)
     cfg = from_dict(RunConfig, data)
     validate(cfg)
+    cfg.written_keys = frozenset(given)  # not a field: never in config.yaml nor in any hash
     return cfg
+
+
+def written(cfg: RunConfig, key: str) -> bool:
+    """Whether the user wrote the dotted `key` (or a section above it) in a config file or an override; the
+    packaged default.yaml counts as defaults. A config built in Python: whether the value differs from the default."""
+    keys = getattr(cfg, "written_keys", None)
+    if keys is not None:
+        parts = key.split(".")
+        return any(".".join(parts[:i]) in keys for i in range(1, len(parts) + 1))
+    value, default = cfg, RunConfig()
+    for part in key.split("."):
+        value, default = getattr(value, part), getattr(default, part)
+    return value != default
+
+
+def _dotted_keys(prefix: list[str], value: Any) -> set[str]:
+    if isinstance(value, dict) and prefix != ["method_params"]:
+        return {k for name, v in value.items() for k in _dotted_keys(prefix + [str(name)], v)}
+    return {".".join(prefix)}
+
+
+def _scope_dataset_section(loaded: dict[str, Any], overrides: list[tuple[list[str], Any]], source: Path) -> dict[str, Any]:
+    """The file without its `dataset:` section when an override names another dataset than the section does."""
+    section = loaded.get("dataset")
+    names = [v for k, v in overrides if k == ["dataset", "name"]]
+    if not isinstance(section, dict) or "name" not in section or not names or names[-1] == section["name"]:
+        return loaded
+    logger.info("config '%s': its dataset section is for %r; dataset.name=%s starts from that dataset's defaults",
+                source, section["name"], names[-1])
+    return {k: v for k, v in loaded.items() if k != "dataset"}
 
 
 def _explicit_metrics_keys(key_path: list[str], value: Any) -> set[str]:
@@ -327,8 +380,12 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"guidance.steps must be [start, end] fractions with 0 <= start < end <= 1, got {g.steps}")
     if len(g.step_size) != 2 or min(g.step_size) < 0:
         raise UserError(f"guidance.step_size must be [first, last] non-negative step sizes, got {g.step_size}")
-    if g.iterations <= 0 or g.layout.kernel <= 0 or g.layout.kernel % 2 == 0 or g.layout.sigma <= 0:
-        raise UserError("guidance.iterations must be positive; guidance.layout.kernel a positive odd size; layout.sigma > 0")
+    if g.iterations <= 0:
+        raise UserError(f"guidance.iterations must be positive, got {g.iterations}")
+    if g.layout.kernel <= 0 or g.layout.kernel % 2 == 0:
+        raise UserError(f"guidance.layout.kernel must be a positive odd size (e.g. 3), got {g.layout.kernel}")
+    if g.layout.sigma <= 0:
+        raise UserError(f"guidance.layout.sigma must be > 0, got {g.layout.sigma}")
     if g.appearance.num_references is not None and g.appearance.num_references <= 0:
         raise UserError(f"guidance.appearance.num_references must be positive or null (all), got {g.appearance.num_references}")
     if g.name != "none" and g.appearance.enabled and g.inversion == "null_text" and s.cfg_scale <= 1.0:

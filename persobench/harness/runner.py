@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -19,19 +20,19 @@ import pandas as pd
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..datasets import Subject, datasets, select_subjects
+from ..datasets import Subject, check_images, datasets, select_subjects
 from ..errors import UserError
 from ..guidance import Palette, guidances
 from ..methods import Fitted, methods
 from .atomic import remove_stale_temps, write_json, write_parquet, write_yaml
-from .config import RunConfig, stable_hash, to_dict
+from .config import RunConfig, stable_hash, to_dict, written
 from .distributed import current_shard
 from .guided import build_hooks, check_guidance, guidance_signature, reference_palette
 from .models import SDComponents, load_components
 from .sampling import decode, denoise
 from .schedulers import build_scheduler
 from .seeding import image_seed, initial_noise
-from .store import RunStore, file_lock
+from .store import RunStore, file_lock, subject_slug
 
 logger = logging.getLogger(__name__)
 
@@ -144,10 +145,12 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
     personalizer_types = [methods.get(m) for m in cfg.methods]  # fail on unknown names before loading anything
     guidance_settings(cfg)
     bench = datasets.get(cfg.dataset.name)(cfg.dataset)
-    subjects = select_subjects(bench, cfg.dataset)
-    for subject in subjects:  # every reference image decodes, before any work
-        subject.images()
+    # every image decodes before any work: the unusable ones listed in one error, or skipped (dataset.skip_bad_images)
+    subjects = check_images(select_subjects(bench, cfg.dataset), cfg.dataset.skip_bad_images)
+    check_subjects(cfg, subjects)
+    cfg = applicable_metrics(cfg, bench)
     check_metrics(cfg)
+    check_store(Path(cfg.store), cfg.name)
     components = load_components(cfg.model)
     store = RunStore(Path(cfg.store) / cfg.name)
     point_dir = store.point_dir(point)
@@ -222,6 +225,54 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
 
     write_summary(store.root, point_dir)
     return point_dir
+
+
+def check_subjects(cfg: RunConfig, subjects: list[Subject]) -> None:
+    """What the run asks of each subject's images, and store folders that stay apart, before any model loads."""
+    n = cfg.guidance.appearance.num_references
+    if cfg.guidance.name != "none" and cfg.guidance.appearance.enabled and n is not None:
+        short = [f"subject '{s.name}' has {len(s.image_paths)}" for s in subjects if len(s.image_paths) < n]
+        if short:
+            raise UserError(f"guidance.appearance.num_references={n} but {', '.join(short)} usable image(s); "
+                            "lower it, or set it to null (all of each subject's images)")
+    folders: dict[str, str] = {}
+    for s in subjects:
+        other = folders.setdefault(subject_slug(s.name), s.name)
+        if other != s.name:
+            raise UserError(f"subjects '{other}' and '{s.name}' would share the store folder '{subject_slug(s.name)}'; "
+                            "rename one of their folders")
+
+
+def applicable_metrics(cfg: RunConfig, bench) -> RunConfig:
+    """The config without the metrics whose ground truth the data lacks (the toy world's oracle needs ToyBench's
+    ground_truth.json): dropped with one notice line when they came from the defaults, refused when the user
+    named metrics.names."""
+    from ..reports.metrics.spec import metrics
+
+    lacking = [n for n in cfg.metrics.names if metrics.get(n).needs_ground_truth and bench.ground_truth is None]
+    if not lacking:
+        return cfg
+    if written(cfg, "metrics.names"):
+        raise UserError(f"metric(s) {lacking} need ground truth that dataset '{bench.name}' lacks (ToyBench's ground_truth.json); "
+                        "remove them from metrics.names, or use dataset.name=toybench")
+    logger.warning("metric(s) %s not scored: dataset '%s' has no ground truth for them (ToyBench's ground_truth.json)",
+                   ", ".join(lacking), bench.name)
+    names = [n for n in cfg.metrics.names if n not in lacking]
+    trimmed = dataclasses.replace(cfg, metrics=dataclasses.replace(cfg.metrics, names=names))
+    trimmed.written_keys = getattr(cfg, "written_keys", None)
+    return trimmed
+
+
+def check_store(store: Path, name: str) -> None:
+    """The run's store folder exists or can be created (nothing is created here: a refused run leaves no trace)."""
+    target = (store / name).expanduser()
+    for folder in [target, *target.parents]:
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise UserError(f"store '{store}' cannot be created: '{folder}' is not a folder; pass store=<a writable folder>")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise UserError(f"store '{store}' cannot be created: '{folder}' is not writable; pass store=<a writable folder>")
+            return
 
 
 def check_metrics(cfg: RunConfig) -> None:

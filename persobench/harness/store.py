@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,16 @@ from .atomic import write_json, write_png
 
 def slug(text: str, n: int = 48) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n] or "empty"
+
+
+def subject_slug(name: str) -> str:
+    """A subject's folder name in the store: its slug, plus a hash of the name when the name is not plain ASCII
+    (so 'été' and 'ete', or two names in another script that both slug to 'empty', stay apart). ASCII names keep
+    their plain slug (existing stores resume); the runner refuses two ASCII names with one slug."""
+    if name.isascii():
+        return slug(name)
+    plain = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    return f"{slug(plain, 39)}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 @contextlib.contextmanager
@@ -45,10 +57,10 @@ class RunStore:
         self.root = root
 
     def fit_dir(self, method: str, subject: str, key: str) -> Path:
-        return self.root / "fits" / method / f"{slug(subject)}-{key}"
+        return self.root / "fits" / method / f"{subject_slug(subject)}-{key}"
 
     def sample_dir(self, method: str, subject: str, key: str) -> Path:
-        return self.root / "images" / method / slug(subject) / key
+        return self.root / "images" / method / subject_slug(subject) / key
 
     def image_path(self, method: str, subject: str, key: str, prompt_index: int, template: str, index: int) -> Path:
         name = f"{prompt_index:03d}-{slug(template.format('', '').strip() or 'prompt', 32)}-{index}"

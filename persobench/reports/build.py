@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..harness.atomic import atomic_path, write_text
 from .html import write_html
 from .markdown import markdown_table
-from .metrics.spec import axes
+from .metrics.spec import axes, present_columns
 from .summary import write_summary
 from .tables import aggregate, paper_layout, to_latex
 from .tradeoff import plot_tradeoff
@@ -59,3 +59,33 @@ def build_run_report(run_root: Path, wandb_mode: str | None = None) -> Path:
     references = {r.subject: Path(r.reference) for r in records_all.drop_duplicates("subject").itertuples()
                   if "reference" in records_all and Path(r.reference).is_file()}
     return write_html(run_root, out, layout, records_all, curves, references, f"persobench run: {run_root.name}")
+
+
+def results_table(point_dirs: list[Path]) -> str:
+    """The run's results for the terminal: one row per (method, guidance) with each metric's mean over the
+    (subject, prompt) cells, a guided row's change against the same method unguided in brackets; a Point
+    column when there are several points. Empty when no point was scored."""
+    tables = [pd.read_csv(p / "table.csv").assign(Point=p.name) for p in point_dirs if (p / "table.csv").is_file()]
+    if not tables:
+        return ""
+    table = pd.concat(tables, ignore_index=True)
+    table = table[table["split"] == "all"]
+    columns = present_columns(table.columns)
+    rows = []
+    for row in table.to_dict("records"):
+        plain = table[(table["Point"] == row["Point"]) & (table["method"] == row["method"]) & (table["guidance"] == "none")]
+        out = {"Method": row["method"], "Guidance": row["guidance"]}
+        for c in columns:
+            value = row[c.name]
+            cell = "–" if pd.isna(value) else f"{value:.3f}"
+            if row["guidance"] != "none" and len(plain) and not pd.isna(value) and not pd.isna(plain[c.name].iloc[0]):
+                cell += f" ({value - plain[c.name].iloc[0]:+.3f})"
+            out[c.label] = cell
+        rows.append(out | ({"Point": row["Point"]} if len(point_dirs) > 1 else {}))
+    return markdown_table(pd.DataFrame(rows))
+
+
+def report_paths(run_root: Path) -> list[Path]:
+    """The report's trade-off figures (PNG) and HTML page, as `build_run_report` wrote them."""
+    out = run_root / "report"
+    return sorted(out.glob("tradeoff-*.png")) + [p for p in [out / "index.html"] if p.is_file()]

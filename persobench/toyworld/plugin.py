@@ -32,5 +32,5 @@ metrics.register("oracle", "toy world only: oracle identity (strict, per attribu
                  "ground truth; the secondary colour counts only where the prompt lets it show")(
     MetricSpec("oracle", oracle, (Column("oracle_identity", "Oracle-ID", tolerance=0.1),
                                   Column("oracle_attributes", "Oracle-Attr", tolerance=0.05),
-                                  Column("oracle_context", "Oracle-Ctx", tolerance=0.1))))
+                                  Column("oracle_context", "Oracle-Ctx", tolerance=0.1)), needs_ground_truth=True))
 blip_backends.register("toy", "the toy world's subject encoder (embedded, or encoder=<folder>)")(ToyBlip)

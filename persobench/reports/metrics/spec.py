@@ -52,12 +52,15 @@ class Column:
 class MetricSpec:
     """A metric: `function(ScoringContext, records frame) -> DataFrame` with exactly `columns`, one row per
     record. `backbones`: the `metrics.<kind>_backbone` fields it embeds with ("dino", "clip"), whose weights
-    the run checks before any work and whose fingerprints go into metrics_protocol.json."""
+    the run checks before any work and whose fingerprints go into metrics_protocol.json. `needs_ground_truth`:
+    it reads the dataset's ground truth (ToyBench's ground_truth.json); on data without one the run drops it
+    before any work (a default) or refuses (named in metrics.names)."""
 
     name: str
     function: Callable[[Any, pd.DataFrame], pd.DataFrame]
     columns: tuple[Column, ...]
     backbones: tuple[str, ...] = ()
+    needs_ground_truth: bool = False
 
     def __post_init__(self) -> None:
         if not self.columns:
