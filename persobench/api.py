@@ -11,7 +11,8 @@
 `run` is `harness.runner.run` and `reports.build.build_run_report`, as `persobench run` calls them; `fit` is
 `harness.runner.fit_subject` (same store, same fit keys: a fit the run made is loaded, not redone);
 `Subject.sample` is `harness.runner.generate` with `harness.guided`'s palette, and image i of a template gets the
-run's seed for image i, so it is the run's image (bit-identical at the run's batch size).
+run's seed for image i, so it is the run's image (the same noise; equal up to the last bits batched arithmetic
+moves when the batch differs, exactly equal at sampler.batch_size=1).
 """
 
 from __future__ import annotations
@@ -143,9 +144,8 @@ class FittedSubject:
 def fit(method: str, subject: str, cfg: RunConfig | None = None, progress: bool = True) -> FittedSubject:
     """Fit `method` on the dataset's subject named `subject` (any subject of `cfg.dataset`, whatever
     `dataset.subjects` lists), or load the fit a run or an earlier call stored under the same key."""
-    from .datasets import datasets, select_subjects
     from .harness.models import load_components
-    from .harness.runner import fit_subject, progress_bar
+    from .harness.runner import fit_subject, preflight, progress_bar
     from .harness.sources import resolve_source
     from .harness.store import RunStore
     from .methods import methods
@@ -153,7 +153,8 @@ def fit(method: str, subject: str, cfg: RunConfig | None = None, progress: bool 
     cfg = cfg or load_config()
     make = methods.get(method)  # an unknown name fails listing the known ones
     dataset = dataclasses.replace(cfg.dataset, subjects=[subject], max_subjects=None)
-    (chosen,) = select_subjects(datasets.get(dataset.name)(dataset), dataset)
+    # the run's checks and image filtering (dataset.skip_bad_images), so the subject, hence the fit key, is the run's
+    _, _, (chosen,) = preflight(dataclasses.replace(cfg, dataset=dataset), weights=False)
     resolve_source(cfg.model.source, cfg.model.local_files_only)
     components = load_components(cfg.model)
     store = RunStore(Path(cfg.store) / cfg.name)

@@ -67,3 +67,23 @@ def test_the_python_api_doc_runs_as_written(tmp_path, monkeypatch):
     for code in blocks:
         exec(compile(code, str(DOC), "exec"), namespace)
     assert (tmp_path / "runs").is_dir()
+
+
+def test_fit_sees_the_runs_subjects_when_bad_images_are_skipped(tiny_model, tmp_path):
+    """With dataset.skip_bad_images the run fits on the usable images only; `fit` must pass the same pre-flight
+    (same images, same fit key) and load that fit, not refit and then trip over the bad file."""
+    bench = tmp_path / "bench"
+    (bench / "mug").mkdir(parents=True)
+    for i, colour in enumerate(("red", "blue")):
+        Image.new("RGB", (64, 64), colour).save(bench / "mug" / f"{i}.png")
+    (bench / "mug" / "broken.jpg").write_bytes(b"not a jpeg")
+    (bench / "classes.csv").write_text("subject,class\nmug,mug\n")
+    cfg = persobench.load_config(overrides=[
+        f"model.source={tiny_model}", f"store={tmp_path / 'store'}", "dataset.name=folder", f"dataset.path={bench}",
+        "dataset.skip_bad_images=true", "dataset.max_prompts=1", "dataset.images_per_prompt=1", "sampler.steps=2",
+        "methods=[textual-inversion]", "method_params={textual-inversion: {steps: 2, batch_size: 2}}", "guidance.name=none",
+        "metrics.names=[]", "report.wandb=disabled"])
+    persobench.run(cfg)
+    fits = list((tmp_path / "store" / "default" / "fits" / "textual-inversion").glob("mug-*"))
+    handle = persobench.fit("textual-inversion", "mug", cfg)
+    assert [handle.folder] == fits

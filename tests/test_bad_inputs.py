@@ -246,3 +246,17 @@ def test_a_metric_the_data_cannot_support_is_dropped_with_a_notice_when_it_was_a
     err = capsys.readouterr().err.strip().splitlines()
     assert seen["metrics"] == ["dino", "clip-i", "clip-t"] and seen["loaded"]
     assert len(err) == 2 and "oracle" in err[0] and "ground truth" in err[0] and err[1] == "error: stopped after the checks", err
+
+
+def test_dry_run_checks_every_image_and_the_metrics_before_planning(env, capsys):
+    """`--dry-run` runs the run's pre-flight: a folder with two unusable images is one error listing both."""
+    tmp, bench, base = env
+    (bench / "ball1" / "00.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (bench / "ball1" / "01.jpg").write_bytes(b"")
+    assert main(["run", "--dry-run", *base]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "00.jpg" in err and "01.jpg" in err
+    (bench / "ground_truth.json").unlink(missing_ok=True)  # DreamBench-like data: nothing for the oracle to read
+    assert main(["run", "--dry-run", *[b for b in base if not b.startswith("metrics.names")], "metrics.names=[oracle]",
+                 "dataset.skip_bad_images=true"]) == 2
+    assert "ground truth" in capsys.readouterr().err

@@ -107,8 +107,11 @@ def decode_image(path: Path) -> Image.Image:
             rgb = _on_white(upright) if _has_alpha(upright) else _to_rgb(upright)
     except BadImage:
         raise
+    except Image.DecompressionBombError:
+        raise BadImage("larger than Pillow's decompression-bomb limit; downscale it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise BadImage(f"cannot be read: {type(e).__name__}, not an image Pillow can decode") from None
+        hint = " (HEIC/AVIF: convert to JPEG or PNG)" if path.suffix.lower() in (".heic", ".heif", ".avif") else ""
+        raise BadImage(f"cannot be read: {type(e).__name__}, not an image Pillow can decode{hint}") from None
     if min(rgb.size) < MIN_SIDE:
         raise BadImage(f"{rgb.size[0]}x{rgb.size[1]} px, at least {MIN_SIDE} px a side needed")
     return rgb

@@ -125,13 +125,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     overrides = [f"methods=[{args.method}]"] + args.overrides
     cfg = load_config(args.config, overrides)
-    from ..datasets import datasets, select_subjects
+    import dataclasses
+
     from ..methods import methods
     from .models import load_components
+    from .runner import preflight
 
-    bench = datasets.get(cfg.dataset.name)(cfg.dataset)
-    cfg.dataset.subjects = [args.subject]
-    (subject,) = select_subjects(bench, cfg.dataset)
+    cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, subjects=[args.subject], max_subjects=None))
+    cfg, _, (subject,) = preflight(cfg, weights=False)  # the run's checks, so the subject (and its fit key) is the run's
     components = load_components(cfg.model)
     from .runner import fit_subject
     from .store import RunStore

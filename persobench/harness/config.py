@@ -322,8 +322,10 @@ def _scope_dataset_section(loaded: dict[str, Any], overrides: list[tuple[list[st
     names = [v for k, v in overrides if k == ["dataset", "name"]]
     if not isinstance(section, dict) or "name" not in section or not names or names[-1] == section["name"]:
         return loaded
-    logger.info("config '%s': its dataset section is for %r; dataset.name=%s starts from that dataset's defaults",
-                source, section["name"], names[-1])
+    # the packaged demo's section is expected to go; a user's own file losing its section deserves a visible line
+    log = logger.info if source.resolve() == PACKAGED_DEFAULT else logger.warning
+    log("config '%s': its dataset section is for %r; dataset.name=%s starts from that dataset's defaults",
+        source, section["name"], names[-1])
     return {k: v for k, v in loaded.items() if k != "dataset"}
 
 

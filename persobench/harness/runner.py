@@ -139,18 +139,8 @@ def chunks(items: Sequence, n: int) -> Iterator[Sequence]:
 
 def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -> Path:
     """Fit, sample and record one operating point; returns its folder in the store."""
-    unknown = [m for m in cfg.method_params if m not in methods]
-    if unknown:
-        raise UserError(f"method_params names unknown method(s) {unknown}; known methods: {', '.join(methods.names())}")
-    personalizer_types = [methods.get(m) for m in cfg.methods]  # fail on unknown names before loading anything
-    guidance_settings(cfg)
-    bench = datasets.get(cfg.dataset.name)(cfg.dataset)
-    # every image decodes before any work: the unusable ones listed in one error, or skipped (dataset.skip_bad_images)
-    subjects = check_images(select_subjects(bench, cfg.dataset), cfg.dataset.skip_bad_images)
-    check_subjects(cfg, subjects)
-    cfg = applicable_metrics(cfg, bench)
-    check_metrics(cfg)
-    check_store(Path(cfg.store), cfg.name)
+    cfg, bench, subjects = preflight(cfg)
+    personalizer_types = [methods.get(m) for m in cfg.methods]
     components = load_components(cfg.model)
     store = RunStore(Path(cfg.store) / cfg.name)
     point_dir = store.point_dir(point)
@@ -225,6 +215,29 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
 
     write_summary(store.root, point_dir)
     return point_dir
+
+
+def preflight(cfg: RunConfig, weights: bool = True) -> tuple[RunConfig, Any, list[Subject]]:
+    """Everything a run checks before any model loads, shared by `run`, `--dry-run`, `persobench sample` and the
+    Python API, so each sees the same subjects (hence the same fit keys) and reports every bad input at once:
+    names, every image (the unusable ones listed in one error, or skipped with dataset.skip_bad_images), what
+    the run asks of each subject, the metrics the data can score, the store, and (`weights`) each real metric
+    backbone's weights on disk. Returns the config (metrics the data lacks ground truth for dropped), the
+    benchmark and the usable subjects."""
+    unknown = [m for m in cfg.method_params if m not in methods]
+    if unknown:
+        raise UserError(f"method_params names unknown method(s) {unknown}; known methods: {', '.join(methods.names())}")
+    for m in cfg.methods:
+        methods.get(m)  # unknown names fail, listing the known ones
+    guidance_settings(cfg)
+    bench = datasets.get(cfg.dataset.name)(cfg.dataset)
+    subjects = check_images(select_subjects(bench, cfg.dataset), cfg.dataset.skip_bad_images)
+    check_subjects(cfg, subjects)
+    cfg = applicable_metrics(cfg, bench)
+    if weights:
+        check_metrics(cfg)
+    check_store(Path(cfg.store), cfg.name)
+    return cfg, bench, subjects
 
 
 def check_subjects(cfg: RunConfig, subjects: list[Subject]) -> None:

@@ -6,7 +6,6 @@ The GPU-time estimate multiplies the counts by per-unit costs measured or publis
 
 from __future__ import annotations
 
-from ..datasets import datasets, select_subjects
 from .config import RunConfig
 
 # seconds per unit on one A100-class GPU, SD 1.5 fp16, 512 px (rough; see benchmarks/RESULTS.md); a fit step's
@@ -35,8 +34,11 @@ def guidance_rows(cfg: RunConfig) -> list[str]:
 
 
 def work_list(cfg: RunConfig) -> dict[str, object]:
-    bench = datasets.get(cfg.dataset.name)(cfg.dataset)
-    subjects = select_subjects(bench, cfg.dataset)
+    """The run's counts after the same pre-flight checks as a run (every image decoded, the metrics the data can
+    score), except the metric backbones' weights: a dry run plans a GPU run on a machine that may lack them."""
+    from .runner import preflight
+
+    cfg, bench, subjects = preflight(cfg, weights=False)
     images_per_method = 0
     for s in subjects:
         prompts = bench.prompts_for(s)
