@@ -307,3 +307,15 @@ def test_a_config_files_dataset_section_belongs_to_the_dataset_it_names(tmp_path
     default = load_config(PACKAGED_DEFAULT, ["dataset.name=dreambench", "dataset.path=/data/db"])
     assert default.dataset.subjects is None and default.dataset.images_per_prompt == 4
     assert not written(default, "metrics.names") and written(load_config(PACKAGED_DEFAULT, ["metrics.names=[oracle]"]), "metrics.names")
+
+
+def test_sixteen_bit_grey_with_a_transparent_key_is_scaled_then_composited(tmp_path):
+    """A 16-bit grey PNG with a tRNS colour key: the key's pixels go white, the others are scaled to 8 bits
+    (Pillow's RGBA conversion would clip them to 255)."""
+    arr = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    path = tmp_path / "grey16.png"
+    Image.fromarray(arr).save(path, transparency=0)
+    assert Image.open(path).mode.startswith("I") and Image.open(path).info.get("transparency") == 0
+    out = np.asarray(load_image(path)).astype(int)
+    assert (out[:, 0] == 255).all()  # the keyed (transparent) column, on white
+    assert abs(out[0, 32, 0] - round(arr[0, 32] / 257)) <= 1 and abs(out[0, 1, 0] - round(arr[0, 1] / 257)) <= 1

@@ -144,7 +144,15 @@ def _has_alpha(im: Image.Image) -> bool:
 
 
 def _on_white(im: Image.Image) -> Image.Image:
-    rgba = im.convert("RGBA")
+    if im.mode.startswith("I") or im.mode == "F":  # high-bit grey with a colour key: scale first (convert would clip)
+        key = im.info.get("transparency")
+        grey = Image.fromarray(_grey_to_8bit(im))
+        alpha = Image.fromarray(np.where(np.asarray(im) == key, 0, 255).astype(np.uint8)) if key is not None else None
+        rgba = grey.convert("RGBA")
+        if alpha is not None:
+            rgba.putalpha(alpha)
+    else:
+        rgba = im.convert("RGBA")
     return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
 
 
