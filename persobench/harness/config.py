@@ -281,16 +281,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise UserError(f"config file '{p}' must hold a mapping of keys, not {type(loaded).__name__}")
         loaded = _scope_dataset_section(loaded, parsed, p)
         _merge(data, loaded)
-        explicit = _explicit_metrics_keys(["metrics"], loaded.get("metrics"))
+        file_keys = _dotted_keys([], loaded)
         if p.resolve() != PACKAGED_DEFAULT:
-            given |= _dotted_keys([], loaded)
+            given |= file_keys
     else:
-        explicit = set()
+        file_keys = set()
     for key_path, value in parsed:
         apply_override(data, key_path, value)
-        explicit |= _explicit_metrics_keys(key_path, value)
         given |= _dotted_keys(key_path, value)
-    _apply_metrics_preset(data, explicit)
+    # a preset fills the metrics fields no file or override wrote (the packaged default's included)
+    _apply_metrics_preset(data, {k.split(".")[1] for k in file_keys | given if k.startswith("metrics.")})
     cfg = from_dict(RunConfig, data)
     validate(cfg)
     cfg.written_keys = frozenset(given)  # not a field: never in config.yaml nor in any hash
@@ -327,13 +327,6 @@ def _scope_dataset_section(loaded: dict[str, Any], overrides: list[tuple[list[st
     log("config '%s': its dataset section is for %r; dataset.name=%s starts from that dataset's defaults",
         source, section["name"], names[-1])
     return {k: v for k, v in loaded.items() if k != "dataset"}
-
-
-def _explicit_metrics_keys(key_path: list[str], value: Any) -> set[str]:
-    """The metrics fields a YAML section or an override writes, which a preset must not overwrite."""
-    if key_path == ["metrics"]:
-        return set(value) if isinstance(value, dict) else set()
-    return {key_path[1]} if len(key_path) > 1 and key_path[0] == "metrics" else set()
 
 
 def _apply_metrics_preset(data: dict[str, Any], explicit: set[str]) -> None:

@@ -237,10 +237,17 @@ def weights_fingerprint(path: Path) -> str:
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     h = hashlib.sha256()
     for p in files:
-        h.update(p.name.encode() + b"\0")
-        with p.open("rb") as f:
-            h.update(hashlib.file_digest(f, "sha256").digest())
+        st = p.stat()
+        h.update(p.name.encode() + b"\0" + _file_digest(str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino))
     return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int, inode: int) -> bytes:
+    """A file's SHA-256, read once per version of the file: every metric and the protocol file ask for the
+    backbone's fingerprint, and a CLIP checkpoint is hundreds of MB. A replaced file has a new mtime or inode."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").digest()
 
 
 def _spec(name: str) -> RealSpec | FolderSpec:
