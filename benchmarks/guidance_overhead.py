@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
+from persobench.core.components import EMBEDDED
+from persobench.core.config import DatasetConfig, SamplerConfig, load_config
+from persobench.core.seeding import image_seed
 from persobench.datasets import datasets
-from persobench.harness.config import DatasetConfig, SamplerConfig, load_config
-from persobench.harness.models import EMBEDDED
 from persobench.harness.runner import ImageJob, generate
-from persobench.harness.seeding import image_seed
 from persobench.methods import methods
 
 
@@ -65,8 +65,8 @@ def main() -> None:
     base = [f"model.source={source}", f"model.device={a.device}", f"model.dtype={a.dtype}", f"sampler.steps={a.steps}",
             "guidance.name=pick-and-draw"]
     cfg = load_config(None, base)
+    from persobench.core.components import load_components
     from persobench.harness.guided import reference_palette
-    from persobench.harness.models import load_components
 
     c = load_components(cfg.model)
     subject = next(s for s in datasets.get("toybench")(DatasetConfig()).subjects if s.name == "ball1")

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from persobench.core.config import DatasetConfig
 from persobench.datasets import datasets
-from persobench.harness.config import DatasetConfig
 from persobench.reports.metrics.backbones import get_backbone
 from persobench.toyworld.training.common import EVAL_SEED_BASE, rendered_set
 

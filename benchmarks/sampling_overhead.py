@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 
-from persobench.harness.config import ModelConfig
-from persobench.harness.models import EMBEDDED, load_components
-from persobench.harness.sampling import Conditioning, decode, denoise, encode_text
-from persobench.harness.schedulers import build_scheduler
-from persobench.harness.seeding import initial_noise
+from persobench.core.components import EMBEDDED, load_components
+from persobench.core.config import ModelConfig
+from persobench.core.sampling import Conditioning, decode, denoise, encode_text
+from persobench.core.schedulers import build_scheduler
+from persobench.core.seeding import initial_noise
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ __all__ = ["FittedSubject", "RunResult", "UserError", "fit", "load_config", "run
 
 def __getattr__(name: str) -> Any:
     if name == "UserError":
-        from .errors import UserError
+        from .core.errors import UserError
 
         return UserError
     if name in __all__:

@@ -21,9 +21,9 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import UserError
-from .harness.config import RunConfig
-from .harness.config import load_config as _load_config
+from .core.config import RunConfig
+from .core.config import load_config as _load_config
+from .core.errors import UserError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -77,9 +77,9 @@ def run(cfg: RunConfig, point: str = "main", report: bool = True, progress: bool
                         "and pass point=<name>, or use `persobench run` for the whole sweep")
     import pandas as pd
 
+    from .core.sources import resolve_source
     from .harness.runner import progress_bar
     from .harness.runner import run as run_point
-    from .harness.sources import resolve_source
 
     resolve_source(cfg.model.source, cfg.model.local_files_only)
     bar = progress_bar()
@@ -119,9 +119,9 @@ class FittedSubject:
         """`n` images of `template` (a DreamBench template: '{0}' = the method's identifier, '{1}' = the class noun),
         without guidance (`"none"`) or with a registered guidance term (`"pick-and-draw"`, set by `config.guidance.*`).
         Image i has the seed a run gives image i of this template (run seed `seed`, default the config's)."""
+        from .core.seeding import image_seed
         from .harness.guided import check_guidance, reference_palette
         from .harness.runner import ImageJob, chunks, generate
-        from .harness.seeding import image_seed
 
         if guidance != "none":
             from .guidance import guidances
@@ -144,9 +144,9 @@ class FittedSubject:
 def fit(method: str, subject: str, cfg: RunConfig | None = None, progress: bool = True) -> FittedSubject:
     """Fit `method` on the dataset's subject named `subject` (any subject of `cfg.dataset`, whatever
     `dataset.subjects` lists), or load the fit a run or an earlier call stored under the same key."""
-    from .harness.models import load_components
+    from .core.components import load_components
+    from .core.sources import resolve_source
     from .harness.runner import fit_subject, preflight, progress_bar
-    from .harness.sources import resolve_source
     from .harness.store import RunStore
     from .methods import methods
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from persobench.harness.config import load_config
+from persobench.core.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DREAMBENCH = Path(os.environ.get("PERSOBENCH_DREAMBENCH", ROOT.parent / "shared" / "dreambench"))

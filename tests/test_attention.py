@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from persobench.errors import UserError
-from persobench.harness.attention import capture_cross_attention, cross_attention_layers, layer_resolution
-from persobench.harness.config import ModelConfig
-from persobench.harness.models import load_components
-from persobench.harness.sampling import encode_text
+from persobench.core.attention import capture_cross_attention, cross_attention_layers, layer_resolution
+from persobench.core.components import load_components
+from persobench.core.config import ModelConfig
+from persobench.core.errors import UserError
+from persobench.core.sampling import encode_text
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_unknown_layer_lists_the_real_ones(components):
 
 
 def test_layer_groups(components):
-    from persobench.harness.attention import select_layers
+    from persobench.core.attention import select_layers
 
     unet = components.unet
     every = cross_attention_layers(unet)

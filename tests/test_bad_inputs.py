@@ -196,7 +196,7 @@ def test_a_store_that_cannot_be_created_is_a_clear_error(env, capsys, monkeypatc
 
 def test_images_any_viewer_shows_are_used_and_bad_ones_skipped_with_one_warning_each(env, capsys):
     """A 16-bit PNG (scaled, not refused), hidden and system files, a note and a corrupt JPEG skipped on request."""
-    from persobench.datasets.dreambench import load_image
+    from persobench.core.images import load_image
 
     tmp, bench, base = env
     (bench / "ball1" / "00.jpg").unlink()
@@ -228,7 +228,7 @@ def test_a_default_config_subject_list_does_not_leak_into_another_dataset(env, c
 
 def test_a_metric_the_data_cannot_support_is_dropped_with_a_notice_when_it_was_a_default(env, capsys, monkeypatch):
     """metrics.names not written: the oracle (ToyBench's ground truth) is dropped before any work, one notice line."""
-    from persobench.errors import UserError
+    from persobench.core.errors import UserError
     from persobench.harness import runner
 
     tmp, bench, base = env

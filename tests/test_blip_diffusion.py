@@ -7,12 +7,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from persobench.core.components import load_components
+from persobench.core.config import DatasetConfig, ModelConfig
+from persobench.core.errors import UserError
+from persobench.core.sampling import token_positions
 from persobench.datasets import datasets
-from persobench.errors import UserError
-from persobench.harness.config import DatasetConfig, ModelConfig
-from persobench.harness.models import load_components
 from persobench.harness.runner import run
-from persobench.harness.sampling import token_positions
 from persobench.methods import methods
 from persobench.methods.blip_diffusion import PLACEHOLDER
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from persobench.errors import UserError
-from persobench.harness.config import ModelConfig
-from persobench.harness.models import load_components
+from persobench.core.components import load_components
+from persobench.core.config import ModelConfig
+from persobench.core.errors import UserError
 from persobench.harness.runner import run
 from persobench.methods import methods
 from persobench.methods.blip_diffusion import PLACEHOLDER
@@ -147,8 +147,8 @@ def test_real_backend_fits_samples_and_guides_in_a_run(make_config, blip_weights
 
 
 def test_real_backend_embeddings_depend_on_the_image(tiny_model, blip_weights, bert_vocab, tmp_path):
+    from persobench.core.config import DatasetConfig
     from persobench.datasets import datasets
-    from persobench.harness.config import DatasetConfig
 
     components = load_components(ModelConfig(source=str(tiny_model), device="cpu"))
     method = methods.get("blip-diffusion")({"backend": "real", "weights": str(blip_weights), "qformer_tokenizer": str(bert_vocab)},
@@ -185,15 +185,15 @@ def real_method(tiny_model, blip_weights, bert_vocab):
 
 @pytest.fixture(scope="module")
 def toy_subjects():
+    from persobench.core.config import DatasetConfig
     from persobench.datasets import datasets
-    from persobench.harness.config import DatasetConfig
 
     return {s.name: s for s in datasets.get("toybench")(DatasetConfig()).subjects}
 
 
 def test_real_backend_queries_sit_at_token_2_as_in_the_pipeline(real_method, toy_subjects, tmp_path):
     """pipeline_blip_diffusion.py inserts the query embeddings at ctx_begin_pos=2 for every prompt, property prompts too."""
-    from persobench.harness.sampling import token_positions
+    from persobench.core.sampling import token_positions
 
     fitted = real_method().fit(toy_subjects["ball1"], tmp_path / "fit", 0)
     marks = " ".join([PLACEHOLDER] * QUERIES)

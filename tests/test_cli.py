@@ -2,9 +2,9 @@ import shutil
 
 import pytest
 
-from persobench.errors import UserError
+from persobench.core.components import resolve_source
+from persobench.core.errors import UserError
 from persobench.harness.cli import main
-from persobench.harness.models import resolve_source
 
 
 def fails_with(capsys, argv, fragment):
@@ -203,7 +203,7 @@ def test_a_broad_catch_logs_the_original_at_debug(tmp_path, caplog):
 
 
 def test_a_method_declares_its_fit_cost_and_the_work_list_reads_it(monkeypatch):
-    from persobench.harness.config import load_config
+    from persobench.core.config import load_config
     from persobench.harness.worklist import work_list
     from persobench.methods import methods
 

@@ -1,7 +1,7 @@
 import pytest
 
-from persobench.errors import UserError
-from persobench.harness.config import expand_sweep, load_config, stable_hash
+from persobench.core.config import expand_sweep, load_config, stable_hash
+from persobench.core.errors import UserError
 
 
 def test_defaults_load_and_overrides_apply_with_types():

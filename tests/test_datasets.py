@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from persobench.core.errors import UserError
+from persobench.core.images import load_image
 from persobench.datasets import load_dreambench
-from persobench.datasets.dreambench import load_image
-from persobench.errors import UserError
 from persobench.toyworld.plugin import TOYBENCH
 from persobench.toyworld.render import render
 from persobench.toyworld.tokenizer import build_tokenizer_files
@@ -103,9 +103,9 @@ def test_other_8bit_modes_become_rgb(tmp_path, mode):
 def test_a_custom_folder_gets_dreambenchs_prompts_for_its_class(tmp_path, dreambench):
     """A folder subject gets exactly what a DreamBench subject of its class gets: the 25 object prompts,
     or the 25 live ones for a live class (not the toy world's list)."""
+    from persobench.core.config import DatasetConfig
     from persobench.datasets import datasets
     from persobench.datasets.dreambench import parse_prompts_and_classes
-    from persobench.harness.config import DatasetConfig
 
     _, objects, live = parse_prompts_and_classes((dreambench / "prompts_and_classes.txt").read_text(), "prompts")
     folder = tmp_path / "my_mug"
@@ -187,9 +187,9 @@ def _custom_bench(root):
 def test_a_folder_of_subjects_with_a_classes_csv_is_a_custom_benchmark(tmp_path, dreambench):
     """subject,class lines (a header, blank lines and # comments allowed): DreamBench's prompts by class,
     subject selection and the live / object split as on DreamBench."""
+    from persobench.core.config import DatasetConfig
     from persobench.datasets import datasets, select_subjects
     from persobench.datasets.dreambench import parse_prompts_and_classes
-    from persobench.harness.config import DatasetConfig
 
     _, objects, live = parse_prompts_and_classes((dreambench / "prompts_and_classes.txt").read_text(), "prompts")
     root = _custom_bench(tmp_path / "mine")
@@ -208,8 +208,8 @@ def test_a_folder_of_subjects_with_a_classes_csv_is_a_custom_benchmark(tmp_path,
 
 
 def test_a_folder_of_subjects_with_dreambenchs_file_uses_its_prompts(tmp_path):
+    from persobench.core.config import DatasetConfig
     from persobench.datasets import datasets
-    from persobench.harness.config import DatasetConfig
 
     root = _custom_bench(tmp_path / "mine")
     text = (TOYBENCH / "prompts_and_classes.txt").read_text()
@@ -228,8 +228,8 @@ def test_a_folder_of_subjects_with_dreambenchs_file_uses_its_prompts(tmp_path):
     ("", "lists no subjects"),
 ])
 def test_a_bad_classes_csv_names_the_line(tmp_path, csv, fragment):
+    from persobench.core.config import DatasetConfig
     from persobench.datasets import datasets
-    from persobench.harness.config import DatasetConfig
 
     root = _custom_bench(tmp_path / "mine")
     (root / "classes.csv").write_text(csv)
@@ -238,8 +238,8 @@ def test_a_bad_classes_csv_names_the_line(tmp_path, csv, fragment):
 
 
 def test_a_folder_of_subject_folders_without_a_classes_file_says_what_to_add(tmp_path):
+    from persobench.core.config import DatasetConfig
     from persobench.datasets import datasets
-    from persobench.harness.config import DatasetConfig
 
     root = _custom_bench(tmp_path / "mine")
     with pytest.raises(UserError, match="classes.csv"):
@@ -247,8 +247,8 @@ def test_a_folder_of_subject_folders_without_a_classes_file_says_what_to_add(tmp
 
 
 def test_every_unusable_image_is_listed_in_one_error_or_skipped_with_a_warning_each(tmp_path, caplog):
+    from persobench.core.config import DatasetConfig
     from persobench.datasets import check_images, datasets
-    from persobench.harness.config import DatasetConfig
 
     root = _custom_bench(tmp_path / "mine")
     (root / "classes.csv").write_text("my_mug,mug\nrex,dog\n")
@@ -281,8 +281,8 @@ def test_subject_names_in_any_script_get_their_own_store_folder():
 
 
 def test_two_subjects_that_would_share_a_store_folder_are_refused(tmp_path):
+    from persobench.core.config import DatasetConfig, RunConfig
     from persobench.datasets import datasets
-    from persobench.harness.config import DatasetConfig, RunConfig
     from persobench.harness.runner import check_subjects
 
     root = tmp_path / "mine"
@@ -295,7 +295,7 @@ def test_two_subjects_that_would_share_a_store_folder_are_refused(tmp_path):
 
 
 def test_a_config_files_dataset_section_belongs_to_the_dataset_it_names(tmp_path):
-    from persobench.harness.config import PACKAGED_DEFAULT, load_config, written
+    from persobench.core.config import PACKAGED_DEFAULT, load_config, written
 
     mine = tmp_path / "mine.yaml"
     mine.write_text("dataset: {name: dreambench, path: /data/db, subjects: [dog], max_prompts: 3}\nmetrics: {names: [dino]}\n")

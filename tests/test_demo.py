@@ -3,8 +3,8 @@ without and with Pick-and-Draw on a few ToyBench subjects, ending with the resul
 
 from pathlib import Path
 
+from persobench.core.config import load_config
 from persobench.harness.cli import DEFAULT_CONFIG, main
-from persobench.harness.config import load_config
 from persobench.harness.worklist import work_list
 from persobench.methods import methods
 

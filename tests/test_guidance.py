@@ -6,19 +6,19 @@ import torch
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from persobench.core.components import load_components
+from persobench.core.config import DatasetConfig, ModelConfig, load_config
+from persobench.core.errors import UserError
+from persobench.core.images import encode_images
+from persobench.core.sampling import Conditioning, encode_text
+from persobench.core.schedulers import build_scheduler
+from persobench.core.seeding import initial_noise
 from persobench.datasets import datasets
-from persobench.errors import UserError
 from persobench.guidance.inversion import invert
 from persobench.guidance.layout import smooth
 from persobench.guidance.uremd import cosine_distance, uremd
-from persobench.harness.config import DatasetConfig, ModelConfig, load_config
 from persobench.harness.guided import build_hooks, reference_palette
-from persobench.harness.images import encode_images
-from persobench.harness.models import load_components
 from persobench.harness.runner import run
-from persobench.harness.sampling import Conditioning, encode_text
-from persobench.harness.schedulers import build_scheduler
-from persobench.harness.seeding import initial_noise
 from persobench.methods import methods
 
 
@@ -95,7 +95,7 @@ def test_template_sharing_the_main_batch_equals_a_separate_template(components, 
     guided images must match a run whose template network is a separate (identical) module."""
     import copy
 
-    from persobench.harness.sampling import denoise
+    from persobench.core.sampling import denoise
 
     cond_hook, z = guided_hook(components, ball, tmp_path)
     shared = denoise(components.unet, build_scheduler("ddim", components.scheduler_config), z, cond_hook.inp.cond, 6, 5.0,
@@ -114,7 +114,7 @@ def test_template_sharing_the_main_batch_equals_a_separate_template(components, 
 def test_template_is_the_vanilla_trajectory_from_the_same_noise(components, ball, tmp_path, steps):
     """Whatever the guided range, the layout template is the vanilla model sampled from the same
     initial noise with the template prompt (advanced from step 0, also before a later range)."""
-    from persobench.harness.sampling import denoise
+    from persobench.core.sampling import denoise
 
     hook, z = guided_hook(components, ball, tmp_path, f"guidance.steps={steps}")
     denoise(components.unet, build_scheduler("ddim", components.scheduler_config), z, hook.inp.cond, 6, 5.0, hooks=[hook])

@@ -7,17 +7,17 @@ import dataclasses
 import pytest
 import torch
 
+from persobench.core.components import load_components
+from persobench.core.config import DatasetConfig, ModelConfig, load_config
+from persobench.core.errors import UserError
+from persobench.core.images import encode_images
+from persobench.core.sampling import Conditioning, denoise, encode_text
+from persobench.core.schedulers import build_scheduler
+from persobench.core.seeding import initial_noise
 from persobench.datasets import datasets
-from persobench.errors import UserError
 from persobench.guidance.inversion import invert, reconstruct
 from persobench.guidance.layout import layout_loss
-from persobench.harness.config import DatasetConfig, ModelConfig, load_config
 from persobench.harness.guided import build_hooks, palette_key, reference_palette
-from persobench.harness.images import encode_images
-from persobench.harness.models import load_components
-from persobench.harness.sampling import Conditioning, denoise, encode_text
-from persobench.harness.schedulers import build_scheduler
-from persobench.harness.seeding import initial_noise
 from persobench.methods import methods
 
 SCHEDULERS = ["ddim", "ddpm", "pndm", "dpm++", "euler", "euler-a"]
@@ -206,8 +206,8 @@ def test_guidance_skips_exactly_the_pndm_iterations_that_ignore_their_sample(ski
 
     from diffusers import PNDMScheduler
 
+    from persobench.core.components import ASSETS
     from persobench.guidance.pick_and_draw import _discards_sample
-    from persobench.harness.models import ASSETS
 
     config = json.loads((ASSETS / "sd" / "scheduler" / "scheduler_config.json").read_text()) | {"skip_prk_steps": skip_prk}
     sched = PNDMScheduler.from_config(config)

@@ -6,7 +6,11 @@ import-linter contract would: a crossing fails CI and names the file and the imp
 - reports read the run store: no method, no guidance, no runner, no base model;
 - the toy world is a plugin: nothing outside `persobench/toyworld/` imports it, except the CLI's
   `toyworld` subcommands (train / eval / export / doctor); the registries load it by name;
-- the bottom modules (errors, registry) import nothing above them.
+- two layers: the bottom (`persobench/core/`: config types, Conditioning / StepContext / hooks, components,
+  attention capture, atomic IO, seeding, Subject / Benchmark, the image loader, errors, registries) imports
+  nothing outside itself; the middle (methods, guidance, datasets, reports, the toy world) imports the
+  bottom and never the top (`persobench/harness/`: runner, CLI, gate, guidance glue, store, sharding;
+  `persobench/api.py`), which is the only place that imports everything.
 """
 
 from __future__ import annotations
@@ -49,16 +53,17 @@ def modules(prefix: str) -> list[Path]:
 CONTRACTS = [
     ("persobench.guidance", ["persobench.methods"], []),
     ("persobench.methods", ["persobench.guidance", "persobench.harness.guided", "persobench.harness.runner"], []),
-    ("persobench.datasets", ["persobench.methods", "persobench.guidance", "persobench.harness.models", "persobench.toyworld",
+    ("persobench.datasets", ["persobench.methods", "persobench.guidance", "persobench.core.components", "persobench.toyworld",
                              "persobench.reports", "persobench.harness.runner"], []),
     ("persobench.reports", ["persobench.methods", "persobench.guidance", "persobench.harness.runner",
-                            "persobench.harness.models.load_components", "persobench.toyworld"], []),
-    ("persobench.registry", ["persobench.harness", "persobench.methods", "persobench.datasets", "persobench.reports",
-                             "persobench.guidance", "persobench.toyworld"], []),
-    ("persobench.errors", ["persobench."], []),
+                            "persobench.core.components.load_components", "persobench.toyworld"], []),
+    ("persobench.core.errors", ["persobench."], []),
 ]
+TOP = ["persobench.harness", "persobench.api"]
+MIDDLE = ["persobench.methods", "persobench.guidance", "persobench.datasets", "persobench.reports", "persobench.toyworld"]
+BOTTOM = "persobench.core"
 OUTSIDE_TOYWORLD = ["persobench.harness", "persobench.methods", "persobench.datasets", "persobench.reports",
-                    "persobench.guidance", "persobench.registry", "persobench.errors"]
+                    "persobench.guidance", "persobench.core"]
 TOYWORLD_ALLOWED = {"harness/cli.py"}  # the `toyworld` subcommands and `doctor`
 
 
@@ -77,6 +82,21 @@ def crossings(importer: str, forbidden: list[str], allowed: set[str] = frozenset
 @pytest.mark.parametrize("importer, forbidden, _", CONTRACTS, ids=[c[0] for c in CONTRACTS])
 def test_layer_contract(importer, forbidden, _):
     assert crossings(importer, forbidden) == []
+
+
+def test_the_bottom_layer_imports_nothing_above_it():
+    """`persobench/core/` imports only `persobench.core` (and the package root's lazy `__init__` nothing)."""
+    out = []
+    for path in modules(BOTTOM):
+        for target in imports_of(path):
+            if not (target == BOTTOM or target.startswith(BOTTOM + ".")):
+                out.append(f"{path.relative_to(PACKAGE).as_posix()} imports {target}")
+    assert out == []
+
+
+@pytest.mark.parametrize("importer", MIDDLE)
+def test_the_middle_never_imports_the_top(importer):
+    assert crossings(importer, TOP) == []
 
 
 @pytest.mark.parametrize("importer", OUTSIDE_TOYWORLD)

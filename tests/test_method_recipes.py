@@ -13,9 +13,9 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from safetensors import safe_open
 
+from persobench.core.components import ASSETS, load_components
+from persobench.core.config import DatasetConfig, ModelConfig
 from persobench.datasets import datasets
-from persobench.harness.config import DatasetConfig, ModelConfig
-from persobench.harness.models import ASSETS, load_components
 from persobench.methods import methods, textual_inversion, training
 from tests.test_methods import diffusers_image, harness_image
 

@@ -5,12 +5,12 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
+from persobench.core.components import load_components
+from persobench.core.config import DatasetConfig, ModelConfig, load_config
+from persobench.core.errors import UserError
+from persobench.core.seeding import initial_noise
 from persobench.datasets import datasets
-from persobench.errors import UserError
-from persobench.harness.config import DatasetConfig, ModelConfig, load_config
-from persobench.harness.models import load_components
 from persobench.harness.runner import ImageJob, generate, run
-from persobench.harness.seeding import initial_noise
 from persobench.methods import methods
 
 TEMPLATE = "a {0} {1} on the beach"

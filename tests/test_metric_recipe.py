@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from persobench.errors import UserError
+from persobench.core.errors import UserError
 from persobench.reports.metrics.backbones import get_backbone
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -157,7 +157,7 @@ def test_real_backbone_without_local_weights_says_what_to_do(tmp_path, monkeypat
 
 
 def test_missing_weights_path_fails_at_config_time(tmp_path):
-    from persobench.harness.config import load_config
+    from persobench.core.config import load_config
 
     with pytest.raises(UserError, match=r"metrics.dino_weights: '.*nope.safetensors' does not exist"):
         load_config(None, [f"metrics.dino_weights={tmp_path / 'nope.safetensors'}"])
@@ -168,7 +168,7 @@ def test_missing_weights_path_fails_at_config_time(tmp_path):
 
 def test_preset_null_keeps_the_toy_defaults():
     """The regression gate's numbers depend on these defaults; a preset must not leak into them."""
-    from persobench.harness.config import MetricsConfig, load_config
+    from persobench.core.config import MetricsConfig, load_config
 
     m = load_config(None, []).metrics
     assert m == MetricsConfig() and m.preset is None
@@ -185,7 +185,7 @@ def test_preset_null_keeps_the_toy_defaults():
                           reference_set="first", clip_t_scale="x100")),
 ])
 def test_preset_sets_every_convention(preset, expected):
-    from persobench.harness.config import load_config
+    from persobench.core.config import load_config
 
     m = load_config(None, [f"metrics.preset={preset}"]).metrics
     assert m.preset == preset
@@ -193,7 +193,7 @@ def test_preset_sets_every_convention(preset, expected):
 
 
 def test_explicit_fields_win_over_the_preset_wherever_they_are_written(tmp_path):
-    from persobench.harness.config import load_config
+    from persobench.core.config import load_config
 
     before = load_config(None, ["metrics.clip_t_scale=raw", "metrics.preset=dreambench++"]).metrics
     after = load_config(None, ["metrics.preset=dreambench++", "metrics.clip_t_scale=raw"]).metrics
@@ -208,7 +208,7 @@ def test_explicit_fields_win_over_the_preset_wherever_they_are_written(tmp_path)
 
 
 def test_unknown_preset_is_a_user_error_listing_the_presets(monkeypatch):
-    from persobench.harness.config import load_config
+    from persobench.core.config import load_config
     from persobench.reports.metrics import backbones
 
     monkeypatch.setattr(backbones, "get_backbone", lambda *a, **k: pytest.fail("a model was loaded"))
@@ -218,7 +218,7 @@ def test_unknown_preset_is_a_user_error_listing_the_presets(monkeypatch):
 
 
 def test_protocol_file_names_the_preset_and_every_resolved_field():
-    from persobench.harness.config import load_config
+    from persobench.core.config import load_config
     from persobench.reports.metrics.scores import protocol
 
     m = load_config(None, ["metrics.preset=dreambench++", "metrics.names=[oracle]"]).metrics
@@ -228,7 +228,7 @@ def test_protocol_file_names_the_preset_and_every_resolved_field():
 
 
 def test_weights_for_a_toy_backbone_fail_at_config_time(tmp_path):
-    from persobench.harness.config import load_config
+    from persobench.core.config import load_config
 
     (tmp_path / "w.safetensors").write_bytes(b"x")
     with pytest.raises(UserError, match="metrics.dino_weights is for a real backbone"):

@@ -55,8 +55,8 @@ def test_dino_score_is_mean_cosine_to_references(scored_config, tiny_evaluators)
     import torch.nn.functional as F
     from PIL import Image
 
+    from persobench.core.config import DatasetConfig
     from persobench.datasets import datasets
-    from persobench.harness.config import DatasetConfig
     from persobench.reports.metrics.backbones import get_backbone
 
     cfg = scored_config("metrics.names=[dino]")
@@ -115,7 +115,7 @@ def test_oracle_scores_the_secondary_colour_only_where_the_prompt_lets_it_show(m
     import torch
     from PIL import Image
 
-    from persobench.harness.config import MetricsConfig
+    from persobench.core.config import MetricsConfig
     from persobench.reports.metrics.scores import ScoringContext
     from persobench.toyworld import oracle_metric
     from persobench.toyworld.oracle_metric import oracle
@@ -141,7 +141,7 @@ def test_load_image_applies_exif_orientation(tmp_path):
     """A phone JPEG stored sideways with EXIF Orientation=6 loads upright, as a viewer shows it."""
     from PIL import Image
 
-    from persobench.datasets.dreambench import load_image
+    from persobench.core.images import load_image
 
     shown = Image.new("RGB", (40, 80), (255, 0, 0))  # what the viewer shows: red top half, blue bottom half
     shown.paste((0, 0, 255), (0, 40, 40, 80))
@@ -160,7 +160,7 @@ def test_load_image_composites_transparency_on_white(tmp_path, mode):
     """Transparent pixels are white, as a viewer shows them, not the colour they happen to hide (black here)."""
     from PIL import Image
 
-    from persobench.datasets.dreambench import load_image
+    from persobench.core.images import load_image
 
     if mode == "P":  # palette image, index 0 (black) transparent
         im = Image.new("P", (32, 32), 0)
@@ -179,7 +179,7 @@ def test_load_image_composites_transparency_on_white(tmp_path, mode):
 def test_load_image_blends_partial_alpha_over_white(tmp_path):
     from PIL import Image
 
-    from persobench.datasets.dreambench import load_image
+    from persobench.core.images import load_image
 
     Image.new("RGBA", (32, 32), (200, 0, 0, 128)).save(tmp_path / "half.png")
     r, g, b = np.asarray(load_image(tmp_path / "half.png"))[5, 5].astype(int)
@@ -199,8 +199,8 @@ def mini_store(tmp_path, images, subject="ball1"):
 
 
 def toy_subjects():
+    from persobench.core.config import DatasetConfig
     from persobench.datasets import datasets
-    from persobench.harness.config import DatasetConfig
 
     return {s.name: s for s in datasets.get("toybench")(DatasetConfig()).subjects}
 
@@ -209,7 +209,7 @@ def test_generated_images_load_like_subject_images(tmp_path):
     """A transparent generated PNG scores as the white image a viewer shows, not as its hidden black pixels."""
     from PIL import Image
 
-    from persobench.harness.config import MetricsConfig
+    from persobench.core.config import MetricsConfig
     from persobench.reports.metrics.scores import score_frame
 
     hidden = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
@@ -241,8 +241,8 @@ def perturbed_copy(src, dst, seed):
 def test_replaced_backbone_weights_are_never_served_from_a_cache(tmp_path):
     """Score with folder weights A, overwrite the folder with weights B, score again in the same store and process:
     the numbers are B's, equal to a fresh store's, for both the generated-image and the reference embeddings."""
-    from persobench.harness.config import MetricsConfig
-    from persobench.harness.models import ASSETS
+    from persobench.core.components import ASSETS
+    from persobench.core.config import MetricsConfig
     from persobench.reports.metrics.scores import score_frame
 
     rng = np.random.default_rng(0)
@@ -274,7 +274,7 @@ def test_image_scale_and_one_to_one_pairing(tmp_path):
     (the record's `reference`, the subject's first image), as DreamBench++ pairs src_image/tgt_image by name."""
     from PIL import Image
 
-    from persobench.harness.config import MetricsConfig
+    from persobench.core.config import MetricsConfig
     from persobench.reports.metrics.scores import score_frame
 
     rng = np.random.default_rng(1)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from persobench.harness.models import ASSETS
+from persobench.core.components import ASSETS
 
 REPO = Path(__file__).resolve().parent.parent
 CARDS = sorted(ASSETS.glob("*/MODEL_CARD.md"))

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from persobench.errors import UserError
+from persobench.core.config import load_config
+from persobench.core.errors import UserError
 from persobench.harness.cli import main
-from persobench.harness.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = sorted((ROOT / "configs" / "paper").glob("*.yaml"))

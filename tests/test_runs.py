@@ -88,7 +88,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(make_config, tiny_model,
 def test_model_fingerprint_ignores_model_cards_but_not_weights(tiny_model, tmp_path):
     import shutil
 
-    from persobench.harness.models import fingerprint
+    from persobench.core.components import fingerprint
 
     folder = tmp_path / "sd"
     shutil.copytree(tiny_model, folder)

@@ -3,11 +3,11 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from persobench.harness.config import ModelConfig
-from persobench.harness.models import load_components
-from persobench.harness.sampling import Conditioning, decode, denoise, encode_text
-from persobench.harness.schedulers import build_scheduler
-from persobench.harness.seeding import image_seed, initial_noise
+from persobench.core.components import load_components
+from persobench.core.config import ModelConfig
+from persobench.core.sampling import Conditioning, decode, denoise, encode_text
+from persobench.core.schedulers import build_scheduler
+from persobench.core.seeding import image_seed, initial_noise
 
 
 @pytest.fixture(scope="module")

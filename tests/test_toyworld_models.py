@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from persobench.harness.models import ASSETS
+from persobench.core.components import ASSETS
 
 
 @pytest.fixture(autouse=True)

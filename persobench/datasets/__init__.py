@@ -10,7 +10,7 @@
 Both get DreamBench's prompts by class noun (the live list for `dataset.live_classes`), and every DreamBench
 feature (dataset.subjects / max_subjects / max_prompts, the live / object split) works the same on them.
 In every subject folder, hidden and system files (`.DS_Store`, `._x.jpg`, `Thumbs.db`, `desktop.ini`) and
-non-images are ignored; images load as a viewer shows them (`dreambench.load_image`).
+non-images are ignored; images load as a viewer shows them (`core/images.py::load_image`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import UserError
-from ..harness.config import DatasetConfig
-from ..registry import Registry
+from ..core.config import DatasetConfig
+from ..core.errors import UserError
+from ..core.registry import Registry
 from .dreambench import (
     Benchmark,
     Subject,

@@ -11,149 +11,17 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import logging
 import re
-from functools import cached_property
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
-
-from ..errors import UserError
+from ..core.benchmark import Benchmark, Subject
+from ..core.errors import UserError
+from ..core.images import IMAGE_SUFFIXES, BadImage, decode_image, load_image  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
-# HEIC / AVIF count as images so that one Pillow cannot read is reported, not silently ignored
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif")
 _PROMPT = re.compile(r"""['"](.*?)['"]\s*\.format\(\s*unique_token\s*,\s*class_token\s*\)""")
-MIN_SIDE = 16
-# 2: EXIF orientation applied, transparency composited on white. (16-bit / float grey, decoded since, were
-# refused before, so no cached subject decodes differently: the version stays.)
-LOADER_VERSION = 2
-
-
-@dataclasses.dataclass(frozen=True)
-class Subject:
-    name: str
-    class_noun: str
-    kind: str  # "object" | "live"
-    image_paths: tuple[Path, ...]
-    folder: Path | None = None  # where the images are (for messages)
-
-    def images(self) -> list[Image.Image]:
-        """The reference images as RGB; a corrupt or tiny file is an error naming it (`check_images` checks
-        them all at once before any work)."""
-        return [load_image(p) for p in self.image_paths]
-
-    @cached_property
-    def content_hash(self) -> str:
-        """The subject's identity for every cache key: its name, class, image bytes and the loader's version
-        (the same bytes decode differently when `load_image` changes, e.g. EXIF orientation)."""
-        h = hashlib.sha256(f"{self.name}|{self.class_noun}|loader{LOADER_VERSION}".encode())
-        for p in self.image_paths:
-            h.update(p.read_bytes())
-        return h.hexdigest()[:16]
-
-
-@dataclasses.dataclass(frozen=True)
-class Benchmark:
-    """Subjects plus the prompt templates each gets ('{0}' = identifier, '{1}' = class noun)."""
-
-    name: str
-    root: Path
-    subjects: tuple[Subject, ...]
-    object_prompts: tuple[str, ...]
-    live_prompts: tuple[str, ...]
-    ground_truth: Path | None = None  # ToyBench's ground_truth.json, when the data has one (the oracle metric needs it)
-
-    def prompts_for(self, subject: Subject) -> tuple[str, ...]:
-        return self.live_prompts if subject.kind == "live" else self.object_prompts
-
-
-class BadImage(Exception):
-    """Why one file cannot be used as an image (the message is the reason alone; the caller names the file)."""
-
-
-def load_image(path: Path) -> Image.Image:
-    """An image as a viewer shows it, in 8-bit RGB: the one loader for subject, reference and generated images,
-    so both sides of every similarity are read the same way. A file that cannot be used is a `UserError`
-    naming it and why.
-
-    - EXIF orientation is applied (phone photos are often stored sideways with an Orientation tag).
-    - Transparency is composited on white (DreamBench++'s `load_image` does both, white background
-      included); a plain `convert("RGB")` would instead expose whatever colour the transparent pixels hide.
-    - Every bit depth is scaled to 8 bits, never clipped: 16-bit grey ("I;16*", and "I", Pillow's mode for
-      16-bit PNG / TIFF grey) is divided by 257 (65535 -> 255); float images ("F") are read as 0..1
-      (0..255 or 0..65535 when their values run past 1 or 255). 16-bit RGB PNGs Pillow already reduces.
-    - CMYK (Adobe's inverted JPEGs included), palette, 1-bit, grey and the rest: Pillow's conversion.
-      Embedded ICC profiles are not applied (as before: applying them would change how every cached
-      subject decodes).
-    """
-    try:
-        return decode_image(path)
-    except BadImage as e:
-        raise UserError(f"image '{path}': {e}; replace or remove the file") from None
-
-
-def decode_image(path: Path) -> Image.Image:
-    """`load_image` without the error wording: raises `BadImage(reason)`."""
-    try:
-        if path.stat().st_size == 0:
-            raise BadImage("empty file, 0 bytes")
-        with Image.open(path) as im:
-            im.load()
-            upright = ImageOps.exif_transpose(im)
-            rgb = _on_white(upright) if _has_alpha(upright) else _to_rgb(upright)
-    except BadImage:
-        raise
-    except Image.DecompressionBombError:
-        raise BadImage("larger than Pillow's decompression-bomb limit; downscale it") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        hint = " (HEIC/AVIF: convert to JPEG or PNG)" if path.suffix.lower() in (".heic", ".heif", ".avif") else ""
-        raise BadImage(f"cannot be read: {type(e).__name__}, not an image Pillow can decode{hint}") from None
-    if min(rgb.size) < MIN_SIDE:
-        raise BadImage(f"{rgb.size[0]}x{rgb.size[1]} px, at least {MIN_SIDE} px a side needed")
-    return rgb
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode.startswith("I") or im.mode == "F":  # 16-bit, 32-bit int or float grey
-        return Image.fromarray(_grey_to_8bit(im)).convert("RGB")
-    try:
-        return im.convert("RGB")
-    except ValueError:
-        raise BadImage(f"colour mode {im.mode} has no conversion to RGB, save it as 8-bit RGB") from None
-
-
-def _grey_to_8bit(im: Image.Image) -> np.ndarray:
-    arr = np.asarray(im).astype(np.float64)
-    if not np.isfinite(arr).all():
-        raise BadImage(f"{im.mode} image with NaN or infinite pixels")
-    if im.mode == "F":
-        top = arr.max(initial=0.0)
-        scale = 255.0 if top <= 1.0 else 1.0 if top <= 255.0 else 255.0 / 65535.0
-    else:  # I;16, I;16B, I;16L, I (Pillow reads 16-bit grey PNG / TIFF as I;16 or I)
-        scale = 255.0 / 65535.0
-    return np.clip(np.round(arr * scale), 0, 255).astype(np.uint8)
-
-
-def _has_alpha(im: Image.Image) -> bool:
-    """An alpha channel (RGBA, LA, PA, ...) or a transparent palette index / colour key (`transparency`)."""
-    return "A" in im.getbands() or "transparency" in im.info
-
-
-def _on_white(im: Image.Image) -> Image.Image:
-    if im.mode.startswith("I") or im.mode == "F":  # high-bit grey with a colour key: scale first (convert would clip)
-        key = im.info.get("transparency")
-        grey = Image.fromarray(_grey_to_8bit(im))
-        alpha = Image.fromarray(np.where(np.asarray(im) == key, 0, 255).astype(np.uint8)) if key is not None else None
-        rgba = grey.convert("RGBA")
-        if alpha is not None:
-            rgba.putalpha(alpha)
-    else:
-        rgba = im.convert("RGBA")
-    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
 
 
 IGNORED_NAMES = {"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..registry import Registry
+from ..core.registry import Registry
 from .pick_and_draw import GuidanceInputs, Palette, PickAndDraw
 
 guidances: Registry[Callable] = Registry("guidance")

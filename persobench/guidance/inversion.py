@@ -39,7 +39,7 @@ import dataclasses
 
 import torch
 
-from ..harness.sampling import Conditioning
+from ..core.sampling import Conditioning
 
 
 @dataclasses.dataclass

@@ -32,10 +32,10 @@ from collections.abc import Callable
 
 import torch
 
-from ..errors import UserError
-from ..harness.attention import capture_cross_attention, select_layers
-from ..harness.config import GuidanceConfig
-from ..harness.sampling import Conditioning, StepContext, _step_kwargs
+from ..core.attention import capture_cross_attention, select_layers
+from ..core.config import GuidanceConfig
+from ..core.errors import UserError
+from ..core.sampling import Conditioning, StepContext, _step_kwargs
 from .layout import layout_loss
 from .uremd import uremd
 

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def _point_name(overrides: list[str]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import expand_sweep, load_config
+    from ..core.config import expand_sweep, load_config
 
     config_file, overrides = _split_overrides(args.items)
     config_file = config_file or str(DEFAULT_CONFIG)
@@ -76,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     grid = expand_sweep(sweeps) if sweeps else [[]]
     configs = [(point, load_config(config_file, overrides + point)) for point in grid]  # validate all points first
     if not args.dry_run:
-        from .sources import resolve_source
+        from ..core.sources import resolve_source
 
         for _, cfg in configs:  # a missing model fails here, before the heavy imports below
             resolve_source(cfg.model.source, cfg.model.local_files_only)
@@ -118,17 +118,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .atomic import write_png
-    from .config import load_config
+    from ..core.atomic import write_png
+    from ..core.config import load_config
+    from ..core.seeding import image_seed
     from .runner import ImageJob, generate
-    from .seeding import image_seed
 
     overrides = [f"methods=[{args.method}]"] + args.overrides
     cfg = load_config(args.config, overrides)
     import dataclasses
 
+    from ..core.components import load_components
     from ..methods import methods
-    from .models import load_components
     from .runner import preflight
 
     cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, subjects=[args.subject], max_subjects=None))
@@ -168,11 +168,11 @@ def cmd_regress(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from ..core.schedulers import schedulers
     from ..datasets import datasets
     from ..methods import methods
     from ..reports.metrics.backbones import backbones
     from ..reports.metrics.scores import metrics
-    from .schedulers import schedulers
 
     for registry in (methods, datasets, schedulers, metrics, backbones):
         print(f"{registry.kind}s:")
@@ -193,7 +193,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .sources import EMBEDDED
+    from ..core.sources import EMBEDDED
 
     for pkg in ("torch", "torchvision", "diffusers", "transformers", "open_clip_torch", "timm", "accelerate", "peft"):
         try:
@@ -207,7 +207,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         state = "found" if (path / "model_index.json").is_file() else "MISSING (persobench toyworld train)"
         steps = (path / "TRAINED_STEPS").read_text().strip() if (path / "TRAINED_STEPS").is_file() else "?"
         print(f"{'model ' + name:<16} {state} at {path} (trained steps: {steps})")
-    from .sources import ASSETS
+    from ..core.sources import ASSETS
 
     for name in ("clip", "dino", "oracle"):
         found = any((ASSETS / name).glob("*.safetensors"))
@@ -219,7 +219,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_toyworld(args: argparse.Namespace) -> int:
-    from .sources import ASSETS
+    from ..core.sources import ASSETS
 
     if args.action == "train":
         from ..toyworld.training.stages import run_stages
@@ -239,7 +239,7 @@ def cmd_toyworld(args: argparse.Namespace) -> int:
             for card in write_cards(Path(args.out or ASSETS), results, Path(args.work)):
                 print(f"wrote {card}")
         if args.json:
-            from .atomic import write_json
+            from ..core.atomic import write_json
 
             write_json(Path(args.json), results)
     elif args.action == "export":

@@ -13,15 +13,15 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError
+from ..core.atomic import atomic_path
+from ..core.config import GuidanceConfig, RunConfig, stable_hash, to_dict
+from ..core.errors import UserError
+from ..core.images import encode_images
+from ..core.sampling import Conditioning, encode_text, token_positions
+from ..core.schedulers import build_scheduler
 from ..guidance import GuidanceInputs, Palette, guidances
 from ..guidance.inversion import invert
 from ..methods import Fitted
-from .atomic import atomic_path
-from .config import GuidanceConfig, RunConfig, stable_hash, to_dict
-from .images import encode_images
-from .sampling import Conditioning, encode_text, token_positions
-from .schedulers import build_scheduler
 
 # Bump when guidance's algorithm changes what an image is for the same config, so a store never serves
 # an image the code no longer makes (2: every sampler served, issue 12).
@@ -92,7 +92,7 @@ def check_guidance(name: str, cfg: RunConfig, fitted: Fitted, templates: list[st
     """Fail before any image is sampled: layer names exist, every prompt names the subject."""
     if name == "none":
         return
-    from .attention import select_layers
+    from ..core.attention import select_layers
 
     g = cfg.guidance
     if g.appearance.enabled:

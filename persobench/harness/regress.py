@@ -19,11 +19,11 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import UserError
+from ..core.atomic import write_json
+from ..core.components import load_components
+from ..core.config import RunConfig, load_config, stable_hash, to_dict
+from ..core.errors import UserError
 from ..reports.metrics.spec import column, default_tolerances
-from .atomic import write_json
-from .config import RunConfig, load_config, stable_hash, to_dict
-from .models import load_components
 from .runner import run
 
 GATE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "regress.yaml"

@@ -20,18 +20,18 @@ import pandas as pd
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..core.atomic import remove_stale_temps, write_json, write_parquet, write_yaml
+from ..core.components import SDComponents, load_components
+from ..core.config import RunConfig, stable_hash, to_dict, written
+from ..core.errors import UserError
+from ..core.sampling import decode, denoise
+from ..core.schedulers import build_scheduler
+from ..core.seeding import image_seed, initial_noise
 from ..datasets import Subject, check_images, datasets, select_subjects
-from ..errors import UserError
 from ..guidance import Palette, guidances
 from ..methods import Fitted, methods
-from .atomic import remove_stale_temps, write_json, write_parquet, write_yaml
-from .config import RunConfig, stable_hash, to_dict, written
 from .distributed import current_shard
 from .guided import build_hooks, check_guidance, guidance_signature, reference_palette
-from .models import SDComponents, load_components
-from .sampling import decode, denoise
-from .schedulers import build_scheduler
-from .seeding import image_seed, initial_noise
 from .store import RunStore, file_lock, subject_slug
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_json, write_png
+from ..core.atomic import write_json, write_png
 
 
 def slug(text: str, n: int = 48) -> str:

@@ -6,7 +6,7 @@ The GPU-time estimate multiplies the counts by per-unit costs measured or publis
 
 from __future__ import annotations
 
-from .config import RunConfig
+from ..core.config import RunConfig
 
 # seconds per unit on one A100-class GPU, SD 1.5 fp16, 512 px (rough; see benchmarks/RESULTS.md); a fit step's
 # cost is the method's own (`fit_step_seconds` on its class, FALLBACK_FIT_STEP_SECONDS where it declares none)

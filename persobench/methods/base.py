@@ -15,10 +15,10 @@ from typing import Any, Protocol
 import torch
 from rich.progress import Progress
 
-from ..datasets.dreambench import Subject
-from ..harness.models import SDComponents
-from ..harness.sampling import Conditioning, encode_text, token_positions
-from ..registry import Registry
+from ..core.benchmark import Subject
+from ..core.components import SDComponents
+from ..core.registry import Registry
+from ..core.sampling import Conditioning, encode_text, token_positions
 
 
 @dataclasses.dataclass

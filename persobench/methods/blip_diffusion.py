@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..datasets.dreambench import Subject
-from ..errors import UserError
-from ..harness.models import SDComponents
-from ..registry import Registry
+from ..core.benchmark import Subject
+from ..core.components import SDComponents
+from ..core.errors import UserError
+from ..core.registry import Registry
 from .base import Fitted, register_method
 from .training import as_dict, resolve_params, subject_references
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 # transformers' Blip2VisionConfig / Blip2QFormerConfig / Blip2Config defaults (a saved config may omit them)
 VISION_DEFAULTS = {"hidden_size": 1408, "intermediate_size": 6144, "num_hidden_layers": 39, "num_attention_heads": 16,

@@ -33,12 +33,12 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from rich.progress import Progress
 
-from ..datasets.dreambench import Subject
-from ..errors import UserError
-from ..harness.atomic import atomic_path
-from ..harness.models import SDComponents
-from ..harness.sampling import encode_text, sample_base
-from ..harness.seeding import image_seed
+from ..core.atomic import atomic_path
+from ..core.benchmark import Subject
+from ..core.components import SDComponents
+from ..core.errors import UserError
+from ..core.sampling import encode_text, sample_base
+from ..core.seeding import image_seed
 from .base import Fitted, register_method
 from .training import DiffusionLoss, FitBar, as_dict, batch_indices, reference_latents, resolve_params
 

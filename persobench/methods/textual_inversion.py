@@ -24,10 +24,10 @@ import torch
 from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 
-from ..datasets.dreambench import Subject
-from ..errors import UserError
-from ..harness.models import SDComponents
-from ..harness.sampling import encode_text
+from ..core.benchmark import Subject
+from ..core.components import SDComponents
+from ..core.errors import UserError
+from ..core.sampling import encode_text
 from .base import Fitted, register_method
 from .training import DiffusionLoss, FitBar, ReferencePosterior, as_dict, resolve_params, subject_references
 

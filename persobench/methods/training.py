@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..datasets.dreambench import Subject
-from ..errors import UserError
-from ..harness.config import from_dict
-from ..harness.images import encode_images
-from ..harness.models import SDComponents
-from ..harness.schedulers import build_scheduler
+from ..core.benchmark import Subject
+from ..core.components import SDComponents
+from ..core.config import from_dict
+from ..core.errors import UserError
+from ..core.images import encode_images
+from ..core.schedulers import build_scheduler
 
 T = typing.TypeVar("T")
 

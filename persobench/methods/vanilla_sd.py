@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..datasets.dreambench import Subject
-from ..errors import UserError
-from ..harness.models import SDComponents
+from ..core.benchmark import Subject
+from ..core.components import SDComponents
+from ..core.errors import UserError
 from .base import Fitted, register_method
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from ..errors import UserError
-from ..harness.atomic import atomic_path, write_text
+from ..core.atomic import atomic_path, write_text
+from ..core.errors import UserError
 from .html import write_html
 from .markdown import markdown_table
 from .metrics.spec import axes, present_columns

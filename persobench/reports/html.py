@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..harness.atomic import write_text
+from ..core.atomic import write_text
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from ..harness.atomic import write_png, write_text
+from ..core.atomic import write_png, write_text
 from .markdown import markdown_table
 
 THUMB = 64

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..harness.atomic import atomic_path, write_text
+from ..core.atomic import atomic_path, write_text
 from .markdown import markdown_table
 from .metrics.spec import present_columns
 

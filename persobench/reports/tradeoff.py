@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..harness.atomic import atomic_path  # noqa: E402
+from ..core.atomic import atomic_path  # noqa: E402
 from .metrics.spec import label  # noqa: E402
 from .pareto import pareto_front  # noqa: E402
 

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import UserError
-from ..harness.models import ASSETS, SDComponents
+from ..core.components import ASSETS, SDComponents
+from ..core.errors import UserError
 from ..methods.blip_diffusion import PLACEHOLDER, BlipParams
 from .models import load_subject_encoder
 from .training.common import to_tensor

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from ..harness.atomic import write_text
+from ..core.atomic import write_text
 
 TRAIN = "persobench toyworld train --stage {stage} --work training/toyworld   # resumable; add --smoke for the 1-minute test run"
 DATA = ("Procedurally rendered 64x64 toy-world scenes (`persobench/toyworld/render.py`), training seeds from "

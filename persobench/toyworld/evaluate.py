@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..harness.models import ASSETS
+from ..core.components import ASSETS
 from .render import render
 from .training.common import EVAL_SEED_BASE, rendered_set, to_tensor
 from .training.evaluators import ORACLE_HEADS, full_caption, oracle_labels
@@ -111,9 +111,9 @@ def dino_auroc(n: int = 200) -> float:
 def generator_accuracy(n: int = 200, steps: int = 30, cfg_scale: float = 5.0, batch: int = 25,
                        source: str = "toyworld") -> dict[str, float]:
     """Sample 'a {class} {context}' with the default sampler; the oracle reads class and context."""
-    from ..harness.config import ModelConfig
-    from ..harness.models import load_components
-    from ..harness.sampling import decode, sample_base
+    from ..core.components import load_components
+    from ..core.config import ModelConfig
+    from ..core.sampling import decode, sample_base
 
     c = load_components(ModelConfig(source=source, device="cpu"))
     oracle, heads = load_oracle()
@@ -134,10 +134,10 @@ def generator_accuracy(n: int = 200, steps: int = 30, cfg_scale: float = 5.0, ba
 @torch.no_grad()
 def attention_specificity(n: int = 64, timestep: int = 400, source: str = "toyworld") -> dict[str, float]:
     """Mean fraction of each word's cross-attention mass inside the subject mask (vs the mask's area)."""
-    from ..harness.attention import capture_cross_attention
-    from ..harness.config import ModelConfig
-    from ..harness.models import load_components
-    from ..harness.sampling import encode_text, token_positions
+    from ..core.attention import capture_cross_attention
+    from ..core.components import load_components
+    from ..core.config import ModelConfig
+    from ..core.sampling import encode_text, token_positions
     from .training.architectures import make_schedulers
 
     c = load_components(ModelConfig(source=source, device="cpu"))

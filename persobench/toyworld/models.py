@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 class SubjectEncoder(torch.nn.Module):

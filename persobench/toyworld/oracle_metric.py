@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..reports.metrics.scores import ScoringContext
 from .evaluate import load_oracle, oracle_read
 from .render import secondary_drawn

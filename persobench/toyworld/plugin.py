@@ -1,14 +1,14 @@
 """Where the toy world plugs into persobench, and the only place: the `toybench` dataset, the `toy-clip` /
 `toy-dino` backbones, the `oracle` metric and the `toy` BLIP-Diffusion backend, registered into the
 registries they extend. Nothing outside `persobench/toyworld/` imports its internals; the registries
-load this module the first time a name is looked up (`persobench/registry.py`, BUILTIN_PLUGINS).
+load this module the first time a name is looked up (`persobench/core/registry.py`, BUILTIN_PLUGINS).
 """
 
 from __future__ import annotations
 
+from ..core.config import DatasetConfig
+from ..core.sources import ASSETS
 from ..datasets import datasets, load_dreambench
-from ..harness.config import DatasetConfig
-from ..harness.sources import ASSETS
 from ..methods.blip_diffusion import backends as blip_backends
 from ..reports.metrics.backbones import FolderSpec, backbones
 from ..reports.metrics.scores import Column, MetricSpec, metrics

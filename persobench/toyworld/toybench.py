@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..harness.atomic import write_bytes, write_text
+from ..core.atomic import write_bytes, write_text
 from .render import render
 from .world import ACCESSORIES, CLASSES, CONTEXTS, PROMPT_CONTEXTS, Identity, Pose, Scene
 

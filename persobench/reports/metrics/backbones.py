@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ...errors import UserError
-from ...registry import Registry
+from ...core.errors import UserError
+from ...core.registry import Registry
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)

@@ -2,7 +2,7 @@
 
 Each preset sets every MetricsConfig field that differs between published protocols, so a table
 can say which paper's numbers it is comparable with; fields the user writes explicitly win
-(harness/config.py `load_config`). Pure data: config validation imports it before any model loads.
+(core/config.py `load_config`). Pure data: config validation imports it before any model loads.
 
 | preset | DINO | CLIP (I, T) | image scale | pairing, reference set | CLIP-T scale | source |
 |---|---|---|---|---|---|---|
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...errors import UserError
+from ...core.config import metric_presets
 
 _REAL = {"dino_backbone": "dino-vits16", "clip_backbone": "clip-vit-b32", "image_scale": "raw", "pairing": "all-pairs",
          "reference_set": "all", "clip_t_text": "class"}
@@ -55,8 +55,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_fields(name: Any) -> dict[str, Any]:
-    """The MetricsConfig values of a preset; an unknown name is the user's to fix."""
-    if name not in PRESETS:
-        raise UserError(f"metrics.preset must be null or one of {', '.join(PRESETS)}, got {name!r}")
-    return dict(PRESETS[name])
+_DOCS = {
+    "dreambench": "DreamBooth's DreamBench protocol (Ruiz et al. 2023, Table 1)",
+    "custom-diffusion": "Custom Diffusion's evaluate.py conventions (CLIP-T as 2.5 x cosine)",
+    "dreambench++": "DreamBench++'s DINO / CLIP conventions (ViT-S/8, one-to-one, x100)",
+}
+for _name, _fields in PRESETS.items():
+    metric_presets.register(_name, _DOCS[_name])(_fields)

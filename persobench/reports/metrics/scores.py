@@ -6,7 +6,7 @@ the cosine between the image and the prompt text with the class noun in place of
 (`metrics.clip_t_text=class`), reported raw by default (`metrics.clip_t_scale`: raw | x100 | w2.5 =
 2.5 * max(cos, 0)). DreamBench++ instead pairs each image with the one reference it was given
 (`pairing=one-to-one`) and reports 100 x cosine (`image_scale=x100`); `metrics.preset` sets them all.
-Generated and reference images go through the same loader (`datasets.dreambench.load_image`).
+Generated and reference images go through the same loader (`core/images.py::load_image`).
 Reference embeddings are cached per (backbone weights fingerprint and preprocessing, subject,
 reference set) in the run folder.
 """
@@ -22,12 +22,12 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from ...core.atomic import atomic_path
+from ...core.components import resolve_device
+from ...core.config import MetricsConfig, stable_hash
+from ...core.errors import UserError
+from ...core.images import load_image
 from ...datasets import Subject
-from ...datasets.dreambench import load_image
-from ...errors import UserError
-from ...harness.atomic import atomic_path
-from ...harness.config import MetricsConfig, stable_hash
-from ...harness.models import resolve_device
 from .backbones import Backbone, get_backbone
 from .spec import Column, MetricSpec, metrics, register_metric
 
@@ -139,7 +139,7 @@ def preset_overrides(cfg: MetricsConfig) -> dict:
     'dreambench' while a backbone was swapped must say so next to its numbers."""
     if cfg.preset is None:
         return {}
-    from .presets import preset_fields
+    from ...core.config import preset_fields
 
     return {k: getattr(cfg, k) for k, v in preset_fields(cfg.preset).items() if getattr(cfg, k) != v}
 

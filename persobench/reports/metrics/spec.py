@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from ...registry import Registry
+from ...core.registry import Registry
 
 AGGREGATIONS = ("mean",)  # per image -> per (subject, prompt) cell -> per row; intervals bootstrap the cells' mean
 AXES = ("subject", "text")  # trade-off figures: subject fidelity (y) against text fidelity (x)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 from transformers import CLIPTokenizer
 
-from ...harness.attention import capture_cross_attention
+from ...core.attention import capture_cross_attention
 from ..captions import caption
 from ..tokenizer import build_tokenizer_files
 from ..world import CLASSES, CONTEXTS

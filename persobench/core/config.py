@@ -18,7 +18,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from ..errors import UserError
+from .errors import UserError
+from .registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -334,11 +335,21 @@ def _apply_metrics_preset(data: dict[str, Any], explicit: set[str]) -> None:
     metrics = data.get("metrics")
     if not isinstance(metrics, dict) or metrics.get("preset") is None:
         return
-    from ..reports.metrics.presets import preset_fields
-
     for key, value in preset_fields(metrics["preset"]).items():
         if key not in explicit:
             metrics[key] = value
+
+
+# Published metric protocols by name, {MetricsConfig field: value}. `reports/metrics/presets.py` registers them;
+# it is named, not imported, so this layer imports nothing above it.
+metric_presets: Registry[dict[str, Any]] = Registry("metrics preset", builtins=("persobench.reports.metrics.presets",))
+
+
+def preset_fields(name: Any) -> dict[str, Any]:
+    """The MetricsConfig values of a preset; an unknown name is the user's to fix."""
+    if not isinstance(name, str) or name not in metric_presets:
+        raise UserError(f"metrics.preset must be null or one of {', '.join(metric_presets.names())}, got {name!r}")
+    return dict(metric_presets.get(name))
 
 
 def _merge(base: dict[str, Any], new: dict[str, Any]) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError
 from .config import ModelConfig
+from .errors import UserError
 from .sources import ASSETS, EMBEDDED, resolve_source  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from diffusers import (
     PNDMScheduler,
 )
 
-from ..registry import Registry
+from .registry import Registry
 
 schedulers: Registry[type] = Registry("scheduler")
 schedulers.register("ddim", "DDIM (Song et al. 2021); the default, deterministic at eta=0")(DDIMScheduler)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..errors import UserError
+from .errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import UserError
+from .errors import UserError
 
 TEMP_SUFFIX = ".tmp"
 
