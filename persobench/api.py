@@ -131,7 +131,7 @@ class FittedSubject:
         cfg = self.config if seed is None else dataclasses.replace(self.config, seed=seed)
         check_guidance(guidance, cfg, self.fitted, [template])
         palette = None
-        if guidance != "none" and cfg.guidance.appearance.enabled:
+        if guidance != "none" and cfg.guidance.palette_term() is not None:
             palette = reference_palette(self.fitted, cfg, self.fit_key, self.store_root / "cache" / "inversions")
         jobs = [ImageJob(self.method, self.subject, 0, template, i, image_seed(cfg.seed, self.subject.name, template, i),
                          Path(f"{i:03d}.png")) for i in range(n)]

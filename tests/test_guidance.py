@@ -65,7 +65,7 @@ def guided_hook(components, ball, tmp_path, *overrides):
     prompts, templates = [fitted.prompt("a {0} {1} on the beach")] * 2, ["a {0} {1} on the beach"] * 2
     cond = fitted.encode(prompts)
     latents = initial_noise([1, 2], components.latent_shape)
-    palette = reference_palette(fitted, cfg, "k", tmp_path / "inv") if cfg.guidance.appearance.enabled else None
+    palette = reference_palette(fitted, cfg, "k", tmp_path / "inv") if cfg.guidance.palette_term() else None
     (hook,) = build_hooks("pick-and-draw", cfg, fitted, prompts, templates, cond, latents, palette)
     return hook, latents
 
@@ -80,13 +80,14 @@ def test_one_guided_step_lowers_its_loss(components, ball, tmp_path, term):
     hook.template_latents = initial_noise([7, 8], components.latent_shape)  # a template that differs from z
     hook.cfg_scale = 5.0
     template = hook._template(0, t) if term == "layout" else {}
-    palette = hook._palette(0, t) if term == "appearance" else ([], [])
+    states = hook.prepare(0, t, template)
     with torch.enable_grad():
         z0 = z.clone().requires_grad_(True)
-        score, app, lay = hook.score(z0, t, template, palette, torch.float32)
+        score, before = hook.score(z0, t, states, torch.float32)
         (grad,) = torch.autograd.grad(score.sum(), z0)
-        after, app2, lay2 = hook.score(z - 0.1 * grad / grad.abs().max(), t, template, palette, torch.float32)
-    before_loss, after_loss = (app, app2) if term == "appearance" else (lay, lay2)
+        after, after_losses = hook.score(z - 0.1 * grad / grad.abs().max(), t, states, torch.float32)
+    assert list(before) == [term]  # the other term is disabled: not computed
+    before_loss, after_loss = before[term], after_losses[term]
     assert (after_loss < before_loss).all(), (before_loss, after_loss)
 
 
@@ -169,7 +170,8 @@ def test_null_text_inversion_reconstructs_better_than_ddim(components, ball):
     cond = Conditioning(encode_text(c.tokenizer, c.text_encoder, prompt), encode_text(c.tokenizer, c.text_encoder, [""]))
     errors = {}
     for kind in ("ddim", "null_text"):
-        inv = invert(c.unet, build_scheduler("ddim", c.scheduler_config), z0, cond, 8, 5.0, kind, iterations=10, lr=1e-2)
+        inv = invert(c.unet, build_scheduler("ddim", c.scheduler_config), z0, cond, 8, 5.0, kind, iterations=10, lr=1e-2,
+                     with_reconstruction=True)
         errors[kind] = float((inv.reconstruction - z0).pow(2).mean())
         assert len(inv.trajectory) == 8
     assert errors["null_text"] < errors["ddim"], errors

@@ -52,7 +52,7 @@ def make_hook(fitted, tmp_path, scheduler, *overrides):
     prompts, templates = [fitted.prompt("a {0} {1} on the beach")] * 2, ["a {0} {1} on the beach"] * 2
     cond = fitted.encode(prompts)
     latents = initial_noise(SEEDS, fitted.components.latent_shape)
-    palette = reference_palette(fitted, cfg, "k", tmp_path / "inv") if cfg.guidance.appearance.enabled else None
+    palette = reference_palette(fitted, cfg, "k", tmp_path / "inv") if cfg.guidance.palette_term() else None
     (hook,) = build_hooks("pick-and-draw", cfg, fitted, prompts, templates, cond, latents, palette,
                           step_seeds=[s ^ 0x5EED for s in SEEDS])
     return cfg, hook, latents
@@ -72,9 +72,10 @@ def test_template_is_the_vanilla_trajectory_on_every_scheduler(fitted, tmp_path,
     hook._advance_template = lambda pred, t: (advance(pred, t), seen.append(hook.template_latents.clone()))
     guided = denoise(c.unet, build_scheduler(scheduler, c.scheduler_config), z, hook.inp.cond, STEPS, 5.0, eta, [hook],
                      step_generators(SEEDS))
-    vanilla = []
+    before = []  # each step's input latents (a hook that records and changes nothing)
     plain = denoise(c.unet, build_scheduler(scheduler, c.scheduler_config), z, hook.inp.template_cond, STEPS, 5.0, eta,
-                    step_generators=step_generators(SEEDS), callback=lambda i, t, x: vanilla.append(x.clone()))
+                    hooks=[lambda i, t, x, ctx: before.append(x.clone()) or x], step_generators=step_generators(SEEDS))
+    vanilla = before[1:] + [plain]  # the latents after each step
     assert len(seen) == len(vanilla) == len(hook.template_scheduler.timesteps)
     for i, (a, b) in enumerate(zip(seen, vanilla)):
         assert torch.allclose(a, b, atol=1e-4), (i, (a - b).abs().max())

@@ -89,32 +89,23 @@ class MetricsConfig:
 
 
 @dataclasses.dataclass
-class AppearanceConfig:
-    """Pick-and-Draw appearance picking: UREMD between generated and reference-palette features."""
+class GuidanceTermConfig:
+    """What every guidance term's config section (`guidance.<term>.*`) has: a switch and the weight of its
+    loss in the guided score S = sum over enabled terms of weight * loss. A term's own dataclass extends it."""
 
     enabled: bool = True
     weight: float = 1.0
-    tau: float = 0.5  # threshold on min-max normalised subject-token attention
-    soft_masks: bool = False
-    layers: list[str] = dataclasses.field(default_factory=lambda: ["up-mid"])  # names or groups: up-mid, up, down, mid, all, res:N
-    feature: Literal["hidden", "attn_out", "query"] = "hidden"
-    direction: Literal["gen_to_ref", "ref_to_gen", "both"] = "gen_to_ref"
-    subject_token: Literal["class", "identifier", "both"] = "class"
-    num_references: int | None = 1  # references in the palette; None = all
+    # a term that reads the reference palette (the inverted subject images) says so, so the harness inverts them
+    needs_palette: typing.ClassVar[bool] = False
+
+    def check(self, prefix: str) -> None:
+        """Range checks that types cannot express; raise `UserError` naming `prefix.<field>`."""
 
 
-@dataclasses.dataclass
-class LayoutConfig:
-    """Pick-and-Draw layout drawing: smoothed cross-attention maps vs the vanilla model's template."""
-
-    enabled: bool = True
-    weight: float = 1.0
-    kernel: int = 3
-    sigma: float = 0.5
-    layers: list[str] = dataclasses.field(default_factory=lambda: ["all"])
-    # sum: sum-1 maps, plain Frobenius norm, a layer's weight falls as 1/side (the scale the defaults are tuned at);
-    # equal: every layer counts the same whatever its resolution (per-pixel RMS of mean-1 maps); guidance/layout.py
-    resolution_weighting: Literal["sum", "equal"] = "sum"
+# Guidance terms by name, each a class whose `Config` (a GuidanceTermConfig) is its config section
+# `guidance.<name>`: `persobench.guidance` registers Pick-and-Draw's appearance and layout terms (named here,
+# not imported, so this layer imports nothing above it); a plugin registers its own.
+guidance_terms: Registry[Any] = Registry("guidance term", builtins=("persobench.guidance",))
 
 
 @dataclasses.dataclass
@@ -130,8 +121,30 @@ class GuidanceConfig:
     inversion_prompt: str = "a photo of a {class}"
     null_text_iterations: int = 10
     null_text_lr: float = 1e-2
-    appearance: AppearanceConfig = dataclasses.field(default_factory=AppearanceConfig)
-    layout: LayoutConfig = dataclasses.field(default_factory=LayoutConfig)
+    # + one section per registered guidance term (`guidance_config_type`): appearance, layout, ...
+
+    def terms(self) -> dict[str, GuidanceTermConfig]:
+        """The term sections, in registration order."""
+        return {name: getattr(self, name) for name in guidance_terms.ordered_names()}
+
+    def palette_term(self) -> tuple[str, GuidanceTermConfig] | None:
+        """(name, section) of the enabled term that reads the reference palette (its `num_references` picks
+        the images), if any."""
+        return next(((n, c) for n, c in self.terms().items() if c.enabled and c.needs_palette), None)
+
+
+_GUIDANCE_TYPES: dict[tuple, type] = {}
+
+
+def guidance_config_type() -> type[GuidanceConfig]:
+    """`GuidanceConfig` with one section per registered guidance term, `guidance.<name>` typed by the term's
+    `Config`: a term registered by a plugin (or a test) is a config section without an edit here."""
+    items = tuple((name, guidance_terms.get(name).Config) for name in guidance_terms.ordered_names())
+    if items not in _GUIDANCE_TYPES:
+        fields = [(name, cls, dataclasses.field(default_factory=cls)) for name, cls in items]
+        _GUIDANCE_TYPES[items] = dataclasses.make_dataclass(
+            "GuidanceConfig", fields, bases=(GuidanceConfig,), namespace={"__module__": __name__, "__doc__": GuidanceConfig.__doc__})
+    return _GUIDANCE_TYPES[items]
 
 
 @dataclasses.dataclass
@@ -150,7 +163,7 @@ class RunConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
     dataset: DatasetConfig = dataclasses.field(default_factory=DatasetConfig)
-    guidance: GuidanceConfig = dataclasses.field(default_factory=GuidanceConfig)
+    guidance: GuidanceConfig = dataclasses.field(default_factory=lambda: guidance_config_type()())
     metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
     sweep: list[str] = dataclasses.field(default_factory=list)  # ["key=v1,v2", ...]: a grid of run points
     report: ReportConfig = dataclasses.field(default_factory=ReportConfig)
@@ -212,6 +225,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    if cls is GuidanceConfig:
+        cls = guidance_config_type()
     if not isinstance(data, dict):
         raise UserError(f"config section '{prefix or 'top level'}' must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -380,21 +395,15 @@ def validate(cfg: RunConfig) -> None:
         if v is not None and v <= 0:
             raise UserError(f"dataset.{key} must be positive or null, got {v}")
     g = cfg.guidance
-    if not 0.0 < g.appearance.tau < 1.0:
-        raise UserError(f"guidance.appearance.tau must be in (0, 1), got {g.appearance.tau}")
+    for name, term in g.terms().items():
+        term.check(f"guidance.{name}")
     if len(g.steps) != 2 or not 0.0 <= g.steps[0] < g.steps[1] <= 1.0:
         raise UserError(f"guidance.steps must be [start, end] fractions with 0 <= start < end <= 1, got {g.steps}")
     if len(g.step_size) != 2 or min(g.step_size) < 0:
         raise UserError(f"guidance.step_size must be [first, last] non-negative step sizes, got {g.step_size}")
     if g.iterations <= 0:
         raise UserError(f"guidance.iterations must be positive, got {g.iterations}")
-    if g.layout.kernel <= 0 or g.layout.kernel % 2 == 0:
-        raise UserError(f"guidance.layout.kernel must be a positive odd size (e.g. 3), got {g.layout.kernel}")
-    if g.layout.sigma <= 0:
-        raise UserError(f"guidance.layout.sigma must be > 0, got {g.layout.sigma}")
-    if g.appearance.num_references is not None and g.appearance.num_references <= 0:
-        raise UserError(f"guidance.appearance.num_references must be positive or null (all), got {g.appearance.num_references}")
-    if g.name != "none" and g.appearance.enabled and g.inversion == "null_text" and s.cfg_scale <= 1.0:
+    if g.name != "none" and g.palette_term() is not None and g.inversion == "null_text" and s.cfg_scale <= 1.0:
         raise UserError(f"guidance.inversion=null_text needs sampler.cfg_scale > 1 (it optimises CFG's null embedding), "
                         f"got {s.cfg_scale}; use guidance.inversion=ddim")
     if cfg.metrics.batch_size <= 0 or cfg.metrics.bootstrap < 0:

@@ -93,6 +93,11 @@ class Registry(Generic[T]):
         self._load()
         return list(self._items.values())
 
+    def ordered_names(self) -> list[str]:
+        """Names in registration order (built-ins, then plugins, then later additions)."""
+        self._load()
+        return list(self._items)
+
     def describe(self) -> dict[str, str]:
         return {n: self._docs[n] for n in self.names()}
 

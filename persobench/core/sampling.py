@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -65,7 +65,6 @@ def denoise(
     eta: float = 0.0,
     hooks: Sequence[Hook] = (),
     step_generators: list[torch.Generator] | None = None,
-    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Run the sampler from initial noise `latents` to clean latents.
 
@@ -94,8 +93,6 @@ def denoise(
             uncond, cond = pred.chunk(2)
             pred = uncond + cfg_scale * (cond - uncond)
         latents = scheduler.step(pred, t, latents, **extra, return_dict=False)[0]
-        if callback is not None:
-            callback(i, t, latents)
     return latents
 
 

@@ -205,9 +205,10 @@ def null_text_levels(unet, kind: str, levels: Levels, states: list[torch.Tensor]
 
 
 def invert(unet, scheduler, z0: torch.Tensor, cond: Conditioning, steps: int, cfg_scale: float, kind: str,
-           iterations: int = 10, lr: float = 1e-2, with_reconstruction: bool = True) -> Inversion:
-    """The palette trajectory; `with_reconstruction=False` skips the check-only CFG sampling pass (and its
-    global-RNG draws on ancestral samplers), which the palette never reads."""
+           iterations: int = 10, lr: float = 1e-2, with_reconstruction: bool = False) -> Inversion:
+    """The palette trajectory. The check-only CFG sampling pass from its z_T (`Inversion.reconstruction`, and
+    its global-RNG draws on ancestral samplers) runs only with `with_reconstruction=True`, which the tests
+    that measure reconstruction set; the palette never reads it."""
     if kind not in ("ddim", "null_text"):
         raise ValueError(f"unknown inversion kind {kind!r}")
     scheduler.set_timesteps(steps, device=z0.device)

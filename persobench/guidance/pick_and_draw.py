@@ -1,14 +1,16 @@
 """Pick-and-Draw (Lv, Xiao, Li, Huang; arXiv 2401.16762): training-free guidance of z_t.
 
 At each guided step the hook runs the denoiser on z_t with gradients, reads cross-attention maps and
-features through attention processors, and descends
-    S = weight_app * UREMD(generated features in the subject mask, reference palette)
-      + weight_lay * || smooth(generated subject maps) - smooth(template maps) ||_F
+features through attention processors, and descends the sum of the enabled guidance terms' weighted
+losses (`terms.py`; registered in order, each its own file):
+    S = weight_app * UREMD(generated features in the subject mask, reference palette)    (appearance.py)
+      + weight_lay * || smooth(generated subject maps) - smooth(template maps) ||_F       (layout.py)
+      + any plugin term's weight * loss
 with step size eta_t (linear over the guided range), `iterations` times. The template is the vanilla
 model's own trajectory from the same initial noise with the prompt stripped of the identifier; the
 palette comes from the inverted reference at the same step, computed once per subject and step and
 reused by every prompt and seed. The code paper is not public: every choice is a config field
-(`GuidanceConfig`) and the defaults are our reconstruction.
+(`GuidanceConfig`, and each term's own section) and the defaults are our reconstruction.
 
 Every scheduler persobench offers is served (tests/test_guidance_samplers.py):
 - the template starts from the initial noise times `init_noise_sigma`, feeds the UNet through
@@ -29,15 +31,16 @@ import dataclasses
 import math
 import types
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from ..core.attention import capture_cross_attention, select_layers
-from ..core.config import GuidanceConfig
+from ..core.attention import capture_cross_attention
+from ..core.config import GuidanceConfig, guidance_terms
 from ..core.errors import UserError
 from ..core.sampling import Conditioning, StepContext, _step_kwargs
-from .layout import layout_loss
-from .uremd import uremd
+from .masks import maps_2d
+from .terms import GuidanceTerm
 
 
 @dataclasses.dataclass
@@ -54,27 +57,13 @@ class GuidanceInputs:
     unet: torch.nn.Module  # the method's denoiser
     template_unet: torch.nn.Module  # the vanilla model
     make_scheduler: Callable[[], object]
-    cond: Conditioning  # subject_positions: appearance-mask columns per prompt
-    layout_positions: list[list[int]]  # columns whose maps should follow the template (class word)
+    cond: Conditioning  # the guided prompts' conditioning
     template_cond: Conditioning  # vanilla prompts; subject_positions: class-word columns
     initial_latents: torch.Tensor  # the run's initial noise, before the scheduler's init_noise_sigma
     palette: Palette | None
     eta: float = 0.0  # the sampler's eta (DDIM eta > 0 is stochastic)
     step_seeds: list[int] | None = None  # seeds of the main run's per-image step generators
-
-
-def subject_mask(maps: torch.Tensor, columns: list[list[int]], tau: float, soft: bool) -> torch.Tensor:
-    """[B, pixels, tokens] -> [B, pixels] weights: subject-token attention, min-max normalised, > tau."""
-    sel = torch.stack([maps[b][:, cols].sum(-1) for b, cols in enumerate(columns)])
-    lo, hi = sel.min(-1, keepdim=True).values, sel.max(-1, keepdim=True).values
-    norm = (sel - lo) / (hi - lo).clamp_min(1e-8)
-    return norm * (norm > tau) if soft else (norm > tau).to(norm.dtype)
-
-
-def _maps_2d(maps: torch.Tensor, columns: list[list[int]]) -> torch.Tensor:
-    sel = torch.stack([maps[b][:, cols].sum(-1) for b, cols in enumerate(columns)])
-    side = int(math.isqrt(sel.shape[-1]))
-    return sel.view(len(columns), side, side)
+    own: dict[str, Any] = dataclasses.field(default_factory=dict)  # per term: what its `inputs_from` built
 
 
 class PickAndDraw:
@@ -82,13 +71,16 @@ class PickAndDraw:
 
     def __init__(self, cfg: GuidanceConfig, inputs: GuidanceInputs, num_steps: int) -> None:
         self.cfg, self.inp, self.num_steps = cfg, inputs, num_steps
-        a, lay = cfg.appearance, cfg.layout
-        if not (a.enabled or lay.enabled):
-            raise UserError("guidance pick-and-draw with appearance and layout both disabled does nothing; set guidance.name=none")
-        if a.enabled and inputs.palette is None:
-            raise UserError("guidance.appearance needs a reference palette (the subject's images)")
-        self.palette_layers = select_layers(inputs.unet, a.layers) if a.enabled else []
-        self.layout_layers = select_layers(inputs.unet, lay.layers) if lay.enabled else []
+        self.terms: list[GuidanceTerm] = [guidance_terms.get(name)(c, inputs, inputs.own.get(name))
+                                          for name, c in cfg.terms().items() if c.enabled]
+        if not self.terms:
+            raise UserError(f"guidance pick-and-draw with every term ({', '.join(cfg.terms())}) disabled does nothing; "
+                            "set guidance.name=none")
+        kinds = {term.feature for term in self.terms} - {None}
+        if len(kinds) > 1:
+            raise UserError(f"guidance terms read different feature kinds {sorted(kinds)}; one guided forward captures one kind")
+        # the layers whose template maps a term reads (layout drawing's); the template runs only when one does
+        self.template_layers = list(dict.fromkeys(n for term in self.terms if term.template for n in term.layers))
         self.template_scheduler = inputs.make_scheduler()
         self.template_scheduler.set_timesteps(num_steps, device=inputs.initial_latents.device)
         self.guided = guided_steps(cfg.steps, len(self.template_scheduler.timesteps))
@@ -104,7 +96,7 @@ class PickAndDraw:
     def wrap_denoiser(self, unet: torch.nn.Module) -> Callable:
         """Where the template network is the sampled one (vanilla, TI, BLIP-Diffusion), run the
         template's next CFG forward in the main forward's batch (one 4B forward instead of two 2B)."""
-        if unet is not self.inp.template_unet or not self.cfg.layout.enabled:
+        if unet is not self.inp.template_unet or not self.template_layers:
             return unet
         return _SharedTemplateDenoiser(self, unet)
 
@@ -128,41 +120,25 @@ class PickAndDraw:
         inp, z = self.inp, self.template_latents
         tc = inp.template_cond
         x = self.template_scheduler.scale_model_input(torch.cat([z, z]), t)
-        with capture_cross_attention(inp.template_unet, self.layout_layers) as cap:
+        with capture_cross_attention(inp.template_unet, self.template_layers) as cap:
             pred = inp.template_unet(x, t, encoder_hidden_states=torch.cat([tc.uncond, tc.cond])).sample
         self._advance_template(pred, t)
         n = len(z)
-        return {name: _maps_2d(m[n:], tc.subject_positions) for name, m in cap.maps.items()}
+        return {name: maps_2d(m[n:], tc.subject_positions) for name, m in cap.maps.items()}
 
-    @torch.no_grad()
-    def _palette(self, i: int, t: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        pal, a = self.inp.palette, self.cfg.appearance
-        feats, masks = [], []
-        missing = [n for n in self.palette_layers if (i, n) not in pal.cache]
-        if missing:
-            z = pal.trajectory[i]
-            with capture_cross_attention(self.inp.unet, self.palette_layers, feature=a.feature, feature_layers=self.palette_layers) as cap:
-                self.inp.unet(z, t, encoder_hidden_states=pal.cond.cond)
-            for name in self.palette_layers:
-                mask = subject_mask(cap.maps[name], pal.cond.subject_positions, a.tau, a.soft_masks)
-                f = cap.features[name]
-                pal.cache[(i, name)] = (f.reshape(-1, f.shape[-1]).float(), mask.reshape(-1))
-        for name in self.palette_layers:
-            f, m = pal.cache[(i, name)]
-            feats.append(f)
-            masks.append(m)
-        return feats, masks
+    def prepare(self, step: int, t: torch.Tensor, template: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Each term's no-grad state for this guided step (the palette's features, the template's maps)."""
+        return {term.name: term.prepare(step, t, template) for term in self.terms}
 
     def __call__(self, step: int, t: torch.Tensor, latents: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         self.current_step, self.cfg_scale = step, ctx.cfg_scale
         if step >= self.guided.stop:
             return latents
-        a, lay = self.cfg.appearance, self.cfg.layout
         # the template follows the vanilla trajectory from the first step, also before a later guided range
-        template = self._template(step, t) if lay.enabled else {}
+        template = self._template(step, t) if self.template_layers else {}
         if step not in self.guided or _discards_sample(ctx.scheduler):
             return latents
-        palette = self._palette(step, t) if a.enabled else ([], [])
+        states = self.prepare(step, t, template)
         eta = self.step_size(step)
         # descend in z_t, the space the UNet is fed: the scheduler's latents times its input scale
         # (1, except Euler's sigma-space latents x = z_t / sqrt(alpha_bar)), so eta means the same on
@@ -173,36 +149,28 @@ class PickAndDraw:
         for _ in range(self.cfg.iterations):
             with torch.enable_grad():
                 z = (z0 + delta).requires_grad_(True)
-                score, _, _ = self.score(z, t, template, palette, latents.dtype)
+                score, _ = self.score(z, t, states, latents.dtype)
                 (grad,) = torch.autograd.grad(score.sum(), z)
             finite = torch.isfinite(score) & torch.isfinite(grad).flatten(1).all(1)
             self.bad_steps.append((~finite).any().view(1))
             delta = torch.where(finite[:, None, None, None], delta - eta * grad, delta)
         return (latents.float() + (delta / scale if scale is not None else delta)).to(latents.dtype)
 
-    def score(self, z: torch.Tensor, t: torch.Tensor, template: dict[str, torch.Tensor],
-              palette: tuple[list[torch.Tensor], list[torch.Tensor]], dtype: torch.dtype):
-        """(S, L_app, L_layout) per image for latents z (differentiable in z); losses in fp32."""
-        a, lay, inp = self.cfg.appearance, self.cfg.layout, self.inp
-        layers = list(dict.fromkeys(self.palette_layers + self.layout_layers))
-        with capture_cross_attention(inp.unet, layers, keep_grad=True, feature=a.feature if a.enabled else None,
-                                     feature_layers=self.palette_layers) as cap:
+    def score(self, z: torch.Tensor, t: torch.Tensor, states: dict[str, Any], dtype: torch.dtype):
+        """(S, {term: loss}) per image for latents z (differentiable in z): one forward capturing every term's
+        layers (and the features one of them reads), then the weighted sum in registration order; fp32."""
+        inp = self.inp
+        layers = list(dict.fromkeys(n for term in self.terms for n in term.layers))
+        readers = [term for term in self.terms if term.feature is not None]
+        with capture_cross_attention(inp.unet, layers, keep_grad=True, feature=readers[0].feature if readers else None,
+                                     feature_layers=[n for term in readers for n in term.layers]) as cap:
             inp.unet(z.to(dtype), t, encoder_hidden_states=inp.cond.cond)
         score = torch.zeros(len(z), device=z.device)
-        app = lay_loss = None
-        if a.enabled:
-            app = torch.stack([
-                uremd(cap.features[name].float(), subject_mask(cap.maps[name].detach().float(), inp.cond.subject_positions, a.tau,
-                                                               a.soft_masks), pf, pm, a.direction)
-                for name, pf, pm in zip(self.palette_layers, *palette)
-            ]).mean(0)
-            score = score + a.weight * app
-        if lay.enabled:
-            gen = [_maps_2d(cap.maps[n].float(), inp.layout_positions) for n in self.layout_layers]
-            lay_loss = layout_loss(gen, [template[n].float() for n in self.layout_layers], lay.kernel, lay.sigma,
-                                   lay.resolution_weighting)
-            score = score + lay.weight * lay_loss
-        return score, app, lay_loss
+        losses = {}
+        for term in self.terms:
+            losses[term.name] = loss = term.loss(cap, states[term.name])
+            score = score + term.cfg.weight * loss
+        return score, losses
 
     def finish(self) -> None:
         """Raise (one line, with the steps) if a guided step's score or gradient was not finite."""
@@ -257,14 +225,14 @@ class _SharedTemplateDenoiser:
     def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
         g = self.guide
         nxt = g.current_step + 1
-        if nxt >= g.guided.stop:  # wrap_denoiser only wraps when layout drawing is on
+        if nxt >= g.guided.stop:  # wrap_denoiser only wraps when a term reads the template
             return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states)
         tc, z, n = g.inp.template_cond, g.template_latents, len(sample)
         t_next = g.template_scheduler.timesteps[nxt]
         x = torch.cat([sample, g.template_scheduler.scale_model_input(torch.cat([z, z]), t_next)])
         ts = torch.cat([torch.as_tensor(timestep, device=sample.device).expand(n), t_next.expand(2 * len(z))])
-        with capture_cross_attention(self.unet, g.layout_layers) as cap:
+        with capture_cross_attention(self.unet, g.template_layers) as cap:
             pred = self.unet(x, ts, encoder_hidden_states=torch.cat([encoder_hidden_states, tc.uncond, tc.cond])).sample
-        g.pending_template[nxt] = {name: _maps_2d(m[n + len(z):], tc.subject_positions) for name, m in cap.maps.items()}
+        g.pending_template[nxt] = {name: maps_2d(m[n + len(z):], tc.subject_positions) for name, m in cap.maps.items()}
         g._advance_template(pred[n:], t_next)
         return types.SimpleNamespace(sample=pred[:n])

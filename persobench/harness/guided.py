@@ -14,14 +14,14 @@ from typing import Any
 import torch
 
 from ..core.atomic import atomic_path
-from ..core.config import GuidanceConfig, RunConfig, stable_hash, to_dict
-from ..core.errors import UserError
+from ..core.config import GuidanceConfig, RunConfig, guidance_terms, stable_hash, to_dict
+from ..core.fitted import Fitted
 from ..core.images import encode_images
-from ..core.sampling import Conditioning, encode_text, token_positions
+from ..core.sampling import Conditioning, encode_text
 from ..core.schedulers import build_scheduler
 from ..guidance import GuidanceInputs, Palette, guidances
 from ..guidance.inversion import invert
-from ..methods import Fitted
+from ..guidance.terms import token_columns
 
 # Bump when guidance's algorithm changes what an image is for the same config, so a store never serves
 # an image the code no longer makes (2: every sampler served, issue 12).
@@ -30,23 +30,6 @@ GUIDANCE_VERSION = 2
 
 def guidance_signature(g: GuidanceConfig, name: str) -> dict[str, Any] | None:
     return None if name == "none" else {"name": name, **to_dict(g), "version": GUIDANCE_VERSION}
-
-
-def _columns(tokenizer, prompts: list[str], words: list[str], what: str) -> list[list[int]]:
-    cols = [token_positions(tokenizer, p, words) for p in prompts]
-    missing = [p for p, c in zip(prompts, cols) if not c]
-    if missing:
-        raise UserError(f"guidance needs the subject in every prompt, but {missing[0]!r} has no {what} token ({' / '.join(words)}); "
-                        "change guidance.appearance.subject_token or the method's prompt form")
-    return cols
-
-
-def _subject_words(fitted: Fitted, which: str) -> list[str]:
-    words = {"class": [fitted.subject.class_noun], "identifier": [fitted.identifier] if fitted.identifier else [],
-             "both": [w for w in (fitted.identifier, fitted.subject.class_noun) if w]}[which]
-    if not words:
-        raise UserError(f"guidance.appearance.subject_token={which} but method {fitted.method} has no identifier; use 'class'")
-    return words
 
 
 # Bump when the inversion's algorithm changes, so a store never serves a palette the code no longer makes
@@ -69,10 +52,11 @@ def palette_key(cfg: RunConfig, components, fit_key: str, subject_hash: str, pro
 def reference_palette(fitted: Fitted, cfg: RunConfig, fit_key: str, cache_dir: Path) -> Palette:
     g, c = cfg.guidance, fitted.components
     refs = fitted.subject.images()
-    refs = refs if g.appearance.num_references is None else refs[: g.appearance.num_references]
+    n = getattr((g.palette_term() or ("", None))[1], "num_references", None)  # the term that reads it says how many
+    refs = refs if n is None else refs[:n]
     prompt = g.inversion_prompt.replace("{class}", fitted.subject.class_noun)
     cond = fitted.encode([prompt] * len(refs), cfg.sampler.negative_prompt)
-    cond.subject_positions = _columns(fitted.tokenizer, [prompt] * len(refs), [fitted.subject.class_noun], "class")
+    cond.subject_positions = token_columns(fitted.tokenizer, [prompt] * len(refs), [fitted.subject.class_noun], "class", FIX)
     key = palette_key(cfg, c, fit_key, fitted.subject.content_hash, prompt, len(refs))
     path = cache_dir / f"{fitted.subject.name}-{key}.pt"
     if path.is_file():
@@ -81,47 +65,42 @@ def reference_palette(fitted: Fitted, cfg: RunConfig, fit_key: str, cache_dir: P
         z0 = encode_images(c, refs).to(c.dtype)
         scheduler = build_scheduler(cfg.sampler.scheduler, c.scheduler_config)
         inv = invert(fitted.unet, scheduler, z0, cond, cfg.sampler.steps, cfg.sampler.cfg_scale, g.inversion,
-                     g.null_text_iterations, g.null_text_lr, with_reconstruction=False)
+                     g.null_text_iterations, g.null_text_lr)
         trajectory = inv.trajectory
         with atomic_path(path) as tmp:
             torch.save([z.detach().cpu() for z in trajectory], tmp)
     return Palette(trajectory, cond)
 
 
+FIX = "change guidance.appearance.subject_token or the method's prompt form"
+
+
 def check_guidance(name: str, cfg: RunConfig, fitted: Fitted, templates: list[str]) -> None:
-    """Fail before any image is sampled: layer names exist, every prompt names the subject."""
+    """Fail before any image is sampled: each enabled term's layers exist and every prompt names what it reads;
+    the template prompts name the class."""
     if name == "none":
         return
-    from ..core.attention import select_layers
-
-    g = cfg.guidance
-    if g.appearance.enabled:
-        select_layers(fitted.unet, g.appearance.layers)
-    if g.layout.enabled:
-        select_layers(fitted.unet, g.layout.layers)
     prompts = [fitted.prompt(t) for t in templates]
-    _columns(fitted.tokenizer, prompts, _subject_words(fitted, g.appearance.subject_token), "subject")
-    _columns(fitted.components.tokenizer, [fitted.clip_text(t) for t in templates], [fitted.subject.class_noun], "class")
+    for term_name, term_cfg in cfg.guidance.terms().items():
+        if term_cfg.enabled:
+            guidance_terms.get(term_name).check(term_cfg, fitted, prompts)
+    token_columns(fitted.components.tokenizer, [fitted.clip_text(t) for t in templates], [fitted.subject.class_noun], "class", FIX)
 
 
 def build_hooks(name: str, cfg: RunConfig, fitted: Fitted, prompts: list[str], templates: list[str], cond: Conditioning,
                 initial_latents: torch.Tensor, palette: Palette | None, step_seeds: list[int] | None = None) -> list:
     """`step_seeds`: the seeds of the main run's per-image step generators, so the template's
-    stochastic steps (DDPM, Euler ancestral, DDIM eta > 0) draw the vanilla run's noise."""
+    stochastic steps (DDPM, Euler ancestral, DDIM eta > 0) draw the vanilla run's noise. Each enabled term
+    builds its own inputs from the `Fitted` (`inputs_from`); the template's conditioning is built here."""
     if name == "none":
         return []
     g, c = cfg.guidance, fitted.components
-    appearance_cols = _columns(fitted.tokenizer, prompts, _subject_words(fitted, g.appearance.subject_token), "subject")
-    layout_words = [fitted.subject.class_noun]
-    if not all(token_positions(fitted.tokenizer, p, layout_words) for p in prompts):
-        layout_words = _subject_words(fitted, "identifier")
-    layout_cols = _columns(fitted.tokenizer, prompts, layout_words, "class")
+    own = {n: guidance_terms.get(n).inputs_from(tc, fitted, prompts) for n, tc in g.terms().items() if tc.enabled}
     template_prompts = [fitted.clip_text(t) for t in templates]
     with torch.no_grad():
         tcond = Conditioning(encode_text(c.tokenizer, c.text_encoder, template_prompts).to(c.dtype),
                              encode_text(c.tokenizer, c.text_encoder, [cfg.sampler.negative_prompt] * len(prompts)).to(c.dtype),
-                             _columns(c.tokenizer, template_prompts, [fitted.subject.class_noun], "class"))
-    guided_cond = Conditioning(cond.cond, cond.uncond, appearance_cols)
-    inputs = GuidanceInputs(fitted.unet, c.unet, lambda: build_scheduler(cfg.sampler.scheduler, c.scheduler_config), guided_cond,
-                            layout_cols, tcond, initial_latents, palette, eta=cfg.sampler.eta, step_seeds=step_seeds)
+                             token_columns(c.tokenizer, template_prompts, [fitted.subject.class_noun], "class", FIX))
+    inputs = GuidanceInputs(fitted.unet, c.unet, lambda: build_scheduler(cfg.sampler.scheduler, c.scheduler_config), cond,
+                            tcond, initial_latents, palette, eta=cfg.sampler.eta, step_seeds=step_seeds, own=own)
     return [guidances.get(name)(g, inputs, cfg.sampler.steps)]

@@ -189,7 +189,7 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
                 fitted, _ = fit_subject(store, personalizer, components, subject, cfg.seed, bar)
             for guidance, sample_key, mine in todo:
                 palette = None
-                if guidance != "none" and cfg.guidance.appearance.enabled:
+                if guidance != "none" and cfg.guidance.palette_term() is not None:
                     palette = reference_palette(fitted, cfg, key, store.root / "cache" / "inversions")
                 for batch in mine:
                     started = time.perf_counter()
@@ -242,11 +242,12 @@ def preflight(cfg: RunConfig, weights: bool = True) -> tuple[RunConfig, Any, lis
 
 def check_subjects(cfg: RunConfig, subjects: list[Subject]) -> None:
     """What the run asks of each subject's images, and store folders that stay apart, before any model loads."""
-    n = cfg.guidance.appearance.num_references
-    if cfg.guidance.name != "none" and cfg.guidance.appearance.enabled and n is not None:
+    term, section = cfg.guidance.palette_term() or ("", None)
+    n = getattr(section, "num_references", None)
+    if cfg.guidance.name != "none" and n is not None:
         short = [f"subject '{s.name}' has {len(s.image_paths)}" for s in subjects if len(s.image_paths) < n]
         if short:
-            raise UserError(f"guidance.appearance.num_references={n} but {', '.join(short)} usable image(s); "
+            raise UserError(f"guidance.{term}.num_references={n} but {', '.join(short)} usable image(s); "
                             "lower it, or set it to null (all of each subject's images)")
     folders: dict[str, str] = {}
     for s in subjects:
