@@ -33,6 +33,7 @@ from ..methods import Fitted, methods
 from .distributed import current_shard
 from .guided import build_hooks, check_guidance, guidance_signature, reference_palette
 from .store import RunStore, file_lock, subject_slug
+from .worklist import batch_seconds, fit_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +161,8 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
         return personalizers[method_name]
 
     with bar if progress is None else contextlib.nullcontext():
-        mine = shard.split(units)
+        # fits by their declared cost, longest first onto the least-loaded process (a TI fit is not a vanilla "fit")
+        mine = shard.assign(units, [fit_seconds(m, cfg.method_params.get(m, {})) for m, _, _ in units])
         share = {"fit units": len(mine), "images": 0}  # what this process did, reported per rank when sharded
         task = bar.add_task("fit", total=len(mine))
         for method_name, make, subject in mine:  # fit jobs by (method, subject)
@@ -171,20 +173,26 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
         shard.barrier()
         task = bar.add_task("sample", total=len(units))
         all_jobs: list[ImageJob] = []
-        for method_name, make, subject in units:  # sample jobs by image
-            personalizer = personalizer_for(method_name, make)
-            key = fit_key(personalizer, components, subject, cfg.seed)
-            todo = []
+        batches = []  # (unit index, guidance, sample key, batch) over the whole point
+        for u, (method_name, make, subject) in enumerate(units):
+            key = fit_key(personalizer_for(method_name, make), components, subject, cfg.seed)
             for guidance in guidance_settings(cfg):
                 sample_key = stable_hash(sample_signature(cfg, components, key, guidance))
                 jobs = image_jobs(cfg, bench, store, method_name, subject, sample_key)
                 all_jobs += jobs
                 # Batches are cut from the full job list, the same on every process, so an image's
                 # batch-mates (hence its last bits under batched BLAS) never depend on what was already
-                # done or on the process count; then each process skips what is done.
-                mine = [b for b in shard.split(list(chunks(jobs, cfg.sampler.batch_size)))
-                        if not all(store.is_done(j.path) for j in b)]
-                todo += [(guidance, sample_key, mine)] if mine else []
+                # done or on the process count; then the whole point's batches are scheduled by cost
+                # (a guided batch weighs its guided/plain ratio), and each process skips what is done.
+                batches += [(u, guidance, sample_key, b) for b in chunks(jobs, cfg.sampler.batch_size)]
+        mine_batches = shard.assign(batches, [batch_seconds(cfg, len(b), g) for _, g, _, b in batches])
+        for u, (method_name, make, subject) in enumerate(units):  # sample jobs by image
+            personalizer = personalizer_for(method_name, make)
+            key = fit_key(personalizer, components, subject, cfg.seed)
+            todo = []
+            for guidance in guidance_settings(cfg):
+                mine = [b for v, g, _, b in mine_batches if v == u and g == guidance and not all(store.is_done(j.path) for j in b)]
+                todo += [(guidance, next(k for v, g, k, _ in batches if v == u and g == guidance), mine)] if mine else []
             if todo:  # a warm re-run loads no fit at all
                 fitted, _ = fit_subject(store, personalizer, components, subject, cfg.seed, bar)
             for guidance, sample_key, mine in todo:

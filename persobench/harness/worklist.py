@@ -21,6 +21,23 @@ def fit_step_seconds(method: str) -> float:
     return float(getattr(methods.get(method), "fit_step_seconds", FALLBACK_FIT_STEP_SECONDS))
 
 
+# a fit unit that trains nothing still loads its method (and a fitted one loads its weights): not free
+FIT_OVERHEAD_SECONDS = 1.0
+
+
+def fit_seconds(method: str, params: dict) -> float:
+    """A fit unit's estimated cost (the scheduler's weight for it across processes)."""
+    from ..methods import methods
+
+    return methods.get(method).fit_steps(params) * fit_step_seconds(method) + FIT_OVERHEAD_SECONDS
+
+
+def batch_seconds(cfg: RunConfig, images: int, guidance: str) -> float:
+    """A sampling batch's estimated cost: its images, a guided one weighing `guided_factor` plain ones."""
+    per_image = cfg.sampler.steps * UNIT_SECONDS["image_step"] * (1.0 if guidance == "none" else UNIT_SECONDS["guided_factor"])
+    return images * per_image
+
+
 def unit_costs(method_names: list[str]) -> dict[str, object]:
     """The unit costs an estimate used, as the dry run prints them (fit steps for these methods)."""
     return {"image_step": UNIT_SECONDS["image_step"], "fit_step": {m: fit_step_seconds(m) for m in method_names},
