@@ -286,3 +286,37 @@ def test_image_scale_and_one_to_one_pairing(tmp_path):
     for col in ("dino", "clip_i"):
         assert np.allclose(x100[col], 100 * raw[col])
         assert np.allclose(one[col], first[col]) and not np.allclose(one[col], raw[col])
+
+
+def test_clip_i_and_clip_t_embed_the_generated_images_once(monkeypatch, tmp_path):
+    """Issue 17: the CLIP image embedding of a generated image is computed once for CLIP-I and CLIP-T (and the
+    scores are what each metric computes alone)."""
+    import torch
+    from PIL import Image
+
+    from persobench.core.config import DatasetConfig, MetricsConfig
+    from persobench.datasets import datasets
+    from persobench.reports.metrics import backbones
+    from persobench.reports.metrics.scores import ScoringContext, clip_i, clip_t
+
+    subjects = {s.name: s for s in datasets.get("toybench")(DatasetConfig()).subjects if s.name == "ball1"}
+    images = [Image.new("RGB", (64, 64), c) for c in ("red", "blue", "green")]
+    frame = pd.DataFrame({"subject": ["ball1"] * 3, "clip_text": ["a ball", "a ball on the beach", "a red ball"],
+                          "prompt": ["a sks ball"] * 3})
+    calls = []
+    original = backbones.Backbone.embed_images
+
+    def counting(self, ims, device, batch_size):
+        calls.append(len(ims))
+        return original(self, ims, device, batch_size)
+
+    monkeypatch.setattr(backbones.Backbone, "embed_images", counting)
+    cfg = MetricsConfig(clip_backbone="toy-clip")
+    alone_i = clip_i(ScoringContext(tmp_path, subjects, cfg, torch.device("cpu"), images, None), frame)
+    alone_t = clip_t(ScoringContext(tmp_path, subjects, cfg, torch.device("cpu"), images, None), frame)
+    calls.clear()
+    ctx = ScoringContext(tmp_path, subjects, cfg, torch.device("cpu"), images, None)
+    both_i, both_t = clip_i(ctx, frame), clip_t(ctx, frame)
+    assert calls.count(3) == 1, calls  # the generated images once (the references are cached on disk or per subject)
+    pd.testing.assert_frame_equal(both_i, alone_i)
+    pd.testing.assert_frame_equal(both_t, alone_t)

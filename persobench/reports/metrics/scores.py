@@ -42,6 +42,16 @@ class ScoringContext:
     device: torch.device
     images: list[Image.Image]  # aligned with the records frame's rows
     ground_truth: dict | None  # ToyBench's ground_truth.json, when the dataset has one
+    _embedded: dict = dataclasses.field(default_factory=dict, repr=False)  # backbone cache key -> generated-image embeddings
+
+    def image_embeddings(self, backbone: Backbone) -> torch.Tensor:
+        """The generated images embedded by `backbone`, once per scoring pass: CLIP-I and CLIP-T read the same
+        CLIP image embeddings (the image tower is most of a CLIP metric's cost)."""
+        key = stable_hash(backbone.cache_key)
+        if key not in self._embedded:
+            backbone.model.to(self.device)
+            self._embedded[key] = backbone.embed_images(self.images, self.device, self.cfg.batch_size)
+        return self._embedded[key]
 
     def references(self, subject: str) -> list[Image.Image]:
         refs = self.subjects[subject].images()
@@ -77,8 +87,7 @@ def scale_image_metric(cos: np.ndarray, scale: str) -> np.ndarray:
 
 def _image_to_reference_similarity(ctx: ScoringContext, frame: pd.DataFrame, kind: str) -> np.ndarray:
     backbone = backbone_for(ctx.cfg, kind)
-    backbone.model.to(ctx.device)
-    gen = backbone.embed_images(ctx.images, ctx.device, ctx.cfg.batch_size)
+    gen = ctx.image_embeddings(backbone)
     out = np.empty(len(frame))
     for subject, rows in frame.groupby("subject").indices.items():
         refs = ctx.reference_embeddings(backbone, subject)
@@ -112,8 +121,7 @@ def scale_clip_t(cos: np.ndarray, scale: str) -> np.ndarray:
                  Column("clip_t", "CLIP-T", tolerance=0.01, axis="text"), backbones=("clip",))
 def clip_t(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
     backbone = backbone_for(ctx.cfg, "clip")
-    backbone.model.to(ctx.device)
-    img = backbone.embed_images(ctx.images, ctx.device, ctx.cfg.batch_size)
+    img = ctx.image_embeddings(backbone)
     column = "clip_text" if ctx.cfg.clip_t_text == "class" else "prompt"
     texts = frame[column].tolist()
     txt = torch.cat([backbone.embed_texts(texts[i : i + 256], ctx.device) for i in range(0, len(texts), 256)])
