@@ -2,6 +2,7 @@
 code's smoke configuration reproduces loadable models of every stage."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -72,14 +73,16 @@ def test_smoke_training_of_the_generator_gives_a_loadable_pipeline(tmp_path):
     from persobench.toyworld.training.stages import run_stages
 
     run_stages("vae,t2i", tmp_path / "out", tmp_path / "work", smoke=True)
-    assert (tmp_path / "work" / "t2i.ckpt").is_file() and (tmp_path / "work" / "t2i.loss.jsonl").is_file()
+    from persobench.toyworld.training.loop import checkpoints
+
+    assert checkpoints(tmp_path / "work" / "t2i") and (tmp_path / "work" / "t2i.loss.jsonl").is_file()
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "out" / "sd")
     assert pipe.unet.config.sample_size == 16
     # a finished stage resumed from its checkpoint trains no step again (a restart would log them anew)
     lines_before = (tmp_path / "work" / "t2i.loss.jsonl").read_text().splitlines()
     run_stages("t2i", tmp_path / "out", tmp_path / "work", smoke=True)
     assert (tmp_path / "work" / "t2i.loss.jsonl").read_text().splitlines() == lines_before
-    assert torch.load(tmp_path / "work" / "t2i.ckpt", weights_only=True)["step"] == 30
+    assert checkpoints(tmp_path / "work" / "t2i")[-1][0] == 30
     # the switchable localisation loss is on from step 15 in the smoke configuration, and logged
     logged = [json.loads(line) for line in lines_before]
     assert logged[-1]["step"] == 25 and 0 <= logged[-1]["localisation"] <= 1
@@ -108,7 +111,7 @@ def test_decoder_fine_tune_keeps_the_latent_space(tmp_path):
     again = AutoencoderKL.from_pretrained(folder)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in after.state_dict().items())
     # a wide folder without the checkpoint that made it is not widened twice
-    (tmp_path / "work" / "vae-decoder.ckpt").unlink()
+    shutil.rmtree(tmp_path / "work" / "vae-decoder")
     with pytest.raises(ValueError, match="already holds a widened decoder"):
         run_stages("vae-decoder", tmp_path / "out", tmp_path / "work", smoke=True)
 

@@ -1,4 +1,10 @@
-"""MODEL_CARD.md for each toy-world model, from `toyworld eval` figures and the training logs."""
+"""MODEL_CARD.md for each toy-world model: every measured figure from the files that measured it, the
+evaluation's JSON (`persobench/assets/toyworld/evaluation.json`, written by `persobench toyworld eval`) and the
+training times (`training/toyworld/times.json`, else the training logs); every training setting from the
+stages' configs (`training/stages.py`). Nothing measured is written here.
+
+    python -m persobench.toyworld.cards   # re-write the cards from the committed evaluation.json
+"""
 
 from __future__ import annotations
 
@@ -20,15 +26,18 @@ MODELS = {
            "(32/64/128 channels, cross-attention at 16x16 and 8x8), v-prediction, DDIM shipped with clip_sample=False, "
            "set_alpha_to_one=False, steps_offset=1. EMA weights, fp32 on disk (every part, so the plain call below needs no "
            "dtype argument). "
-           "Captions omit attributes at random; 10% caption "
-           "dropout. **Auxiliary attention-localisation loss: used** from UNet step 5,000 on (`T2iConfig.attention_loss` 0.1, "
-           "timesteps <= 700): the renderer's masks pull the class noun's cross-attention inside the subject and the context "
-           "noun's outside it. Plain training (5,000 steps) left the maps non-specific (class 0.26 vs context 0.31 of their mass "
+           "Captions omit attributes at random; {caption_dropout} caption "
+           "dropout. **Auxiliary attention-localisation loss: used** from UNet step {attention_loss_from} on "
+           "(`T2iConfig.attention_loss` {attention_loss}, "
+           "timesteps <= {attention_loss_max_t}): the renderer's masks pull the class noun's cross-attention inside the subject "
+           "and the context noun's outside it. Plain training ({plain_steps} steps) left the maps non-specific (class "
+           "{plain_class} vs context {plain_context} of their mass "
            "in the mask); this world's attention-based guidance (Pick-and-Draw) therefore fares better than on a model trained "
            "without it. The VAE decoder was then fine-tuned alone (`vae-decoder` stage, encoder frozen, so the latent space the "
-           "UNet learned is unchanged): 6,000 steps at the encoder's 16/32/64 width, then every channel doubled "
+           "UNet learned is unchanged): {decoder_steps} steps at the encoder's {narrow_width} width, then every channel doubled "
            "function-preservingly (Net2Net: `training/vae.py::widen_vae`; the encoder's output is unchanged, its weights are "
-           "duplicated) and the 32/64/128 decoder trained 9,000 more steps (MSE + L1), then 3,000 on MSE alone at lr 3e-5."),
+           "duplicated) and the {wide_width} decoder trained {wide_steps} more steps (MSE + L1), then {polish_steps} on MSE "
+           "alone at lr {polish_lr}."),
     "clip": ("Toy CLIP (open_clip)", "clip",
              "open_clip `create_model_and_transforms('local-dir:<folder>')`: ViT image tower (64 px, patch 8, width 128, 4 layers) "
              "+ CLIP BPE text tower (width 128, 3 layers), contrastive loss on rendered image-caption pairs (60% full captions)."),
@@ -87,12 +96,6 @@ with torch.no_grad():
 }
 
 
-def parameter_count(folder: Path) -> int:
-    from safetensors.torch import load_file
-
-    return sum(t.numel() for f in folder.rglob("*.safetensors") for t in load_file(f).values())
-
-
 def training_minutes(log: Path, stage: str) -> float | None:
     """Sum of 'steps / rate' over the progress lines a stage printed (rates are per this machine)."""
     if not log.is_file():
@@ -116,7 +119,16 @@ def recorded_minutes(work: Path) -> dict[str, float]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def write_cards(assets: Path, figures: dict, work: Path) -> list[Path]:
+WORK = Path("training/toyworld")  # the committed training folder: times.json, loss logs
+PLAIN = "t2i_without_localisation_loss"  # evaluation.json's `history` entry: the t2i model before the loss was on
+
+
+def write_cards(assets: Path, figures: dict | None = None, work: Path = WORK) -> list[Path]:
+    """Write `<assets>/<model>/MODEL_CARD.md` from the evaluation JSON `<assets>/evaluation.json` (what
+    `persobench toyworld eval` records beside the models); `figures` (a fresh evaluation's) take precedence."""
+    from .evaluate import load_evaluation
+
+    figures = {**load_evaluation(assets / "evaluation.json"), **(figures or {})}
     paths = []
     recorded = recorded_minutes(work)
     logs = {"sd": ("train.log", ["vae", "t2i", "vae-decoder"]), "clip": ("train-evaluators.log", ["clip"]),
@@ -128,15 +140,17 @@ def write_cards(assets: Path, figures: dict, work: Path) -> list[Path]:
             continue
         log, stages = logs[name]
         minutes = {s: recorded.get(s) or training_minutes(work / log, s) for s in stages}
-        lines = [f"# {title}", "", f"**Data.** {DATA}", "", f"**Architecture and loading.** {arch}", "",
-                 f"**Parameters.** {parameter_count(folder):,}", "",
+        parameters = figures.get("parameters", {}).get(name)
+        lines = [f"# {title}", "", f"**Data.** {DATA}", "", f"**Architecture and loading.** {arch.format(**_settings(figures))}", "",
+                 f"**Parameters.** {f'{parameters:,}' if parameters is not None else 'not measured'}", "",
                  f"**Training command.** `{TRAIN.format(stage=stage)}`", "",
-                 "## Load", "", "```python", LOAD[name], "```", "",
                  "**Training time (one CPU core, shared machine).** "
                  + ", ".join(f"{s}: {m:.0f} min" if m else f"{s}: not logged" for s, m in minutes.items()), ""]
-        if name == "sd" and (folder / "TRAINED_STEPS").is_file():
-            lines += [f"**UNet steps trained.** {(folder / 'TRAINED_STEPS').read_text().strip()} (schedule horizon 40,000)", ""]
-        lines += ["## Measured (`persobench toyworld eval`, held-out seeds)", "", "```json",
+        if name == "sd" and figures.get("t2i_trained_steps") is not None:
+            horizon = _config("t2i").steps
+            lines += [f"**UNet steps trained.** {figures['t2i_trained_steps']} (schedule horizon {horizon:,})", ""]
+        lines += ["## Load", "", "```python", LOAD[name], "```", "",
+                  "## Measured (`persobench toyworld eval`, held-out seeds)", "", "```json",
                   json.dumps({k: v for k, v in figures.items() if _belongs(k, name)}, indent=2), "```", ""]
         path = folder / "MODEL_CARD.md"
         write_text(path, "\n".join(lines))
@@ -144,6 +158,55 @@ def write_cards(assets: Path, figures: dict, work: Path) -> list[Path]:
     return paths
 
 
+def _config(stage: str):
+    from .training.stages import STAGES
+
+    return STAGES[stage].full
+
+
+def _settings(figures: dict) -> dict[str, str]:
+    """The values the architecture texts name: training settings from the stages' configs, and the attention
+    figures of the t2i model trained without the localisation loss from the evaluation JSON's `history`."""
+    t2i, decoder = _config("t2i"), _config("vae-decoder")
+    plain = figures.get("history", {}).get(PLAIN, {})
+    mass = plain.get("attention_mass_in_mask", {})
+    narrow = list(_narrow_vae_channels())
+    return {
+        "caption_dropout": f"{t2i.caption_dropout:.0%}",
+        "attention_loss_from": f"{t2i.attention_loss_from:,}",
+        "attention_loss": f"{t2i.attention_loss:g}",
+        "attention_loss_max_t": f"{t2i.attention_loss_max_t}",
+        "plain_steps": f"{plain['t2i_trained_steps']:,}" if "t2i_trained_steps" in plain else "?",
+        "plain_class": f"{mass['class_word']:.2f}" if "class_word" in mass else "not measured",
+        "plain_context": f"{mass['context_word']:.2f}" if "context_word" in mass else "not measured",
+        "decoder_steps": f"{decoder.steps:,}",
+        "wide_steps": f"{decoder.wide_steps:,}",
+        "polish_steps": f"{decoder.polish_steps:,}",
+        "polish_lr": f"{decoder.polish_lr:.0e}".replace("e-0", "e-"),
+        "narrow_width": "/".join(str(c) for c in narrow),
+        "wide_width": "/".join(str(2 * c) for c in narrow),
+    }
+
+
+def _narrow_vae_channels() -> tuple[int, ...]:
+    from .training.architectures import make_vae
+
+    return tuple(make_vae(tiny=False).config.block_out_channels)
+
+
 def _belongs(key: str, model: str) -> bool:
     return {"sd": key.startswith(("vae", "generator", "attention", "t2i")), "clip": key.startswith("clip"),
             "dino": key.startswith("dino"), "oracle": key.startswith("oracle"), "blip": key.startswith("blip")}[model]
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from ..core.components import ASSETS
+
+    parser = argparse.ArgumentParser(description="Re-write the toy-world model cards from the evaluation JSON beside the models.")
+    parser.add_argument("--assets", type=Path, default=ASSETS)
+    parser.add_argument("--work", type=Path, default=WORK, help="the training folder with times.json")
+    args = parser.parse_args()
+    for card in write_cards(args.assets, None, args.work):
+        print(f"wrote {card}")

@@ -4,7 +4,12 @@ Each figure is the one its model card states and the toy-world issue sets a bar 
 VAE PSNR; generator class / context accuracy read by the oracle over 200 samples with the default
 sampler; cross-attention word-specificity (each word's map mass inside the subject mask); CLIP
 caption->image top-1 among 100 images; DINO AUROC (same instance vs another instance of the class);
-oracle attribute accuracy.
+oracle attribute accuracy; parameter counts; and (stage `blip`, from a finished run of
+configs/toy/per_subject.yaml) the toy BLIP-Diffusion encoder's identity against vanilla SD.
+
+`evaluate_all` records its figures in `persobench/assets/toyworld/evaluation.json`, beside the models it
+measured (figures of stages not evaluated this time are kept); the model cards are written from that file
+(`cards.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.atomic import write_text
 from ..core.components import ASSETS
 from .render import render
 from .training.common import EVAL_SEED_BASE, rendered_set, to_tensor
@@ -67,7 +73,7 @@ def oracle_accuracy(n: int = 500) -> dict[str, float]:
     out["secondary"] = float(hits["secondary"][shown].mean())
     out["secondary_all_images"] = float(hits["secondary"].mean())
     out["secondary_shown_fraction"] = float(shown.mean())
-    return out
+    return dict(sorted(out.items()))
 
 
 @torch.no_grad()
@@ -197,9 +203,64 @@ def check_bars(results: dict[str, object]) -> dict[str, dict[str, object]]:
     return out
 
 
-def evaluate_all(stages: list[str]) -> dict[str, object]:
+def parameter_counts(assets: Path = ASSETS) -> dict[str, int]:
+    """Parameters per model folder: every tensor of its safetensors files (the BLIP encoder's excludes the
+    DINO backbone it reads from ../dino)."""
+    from safetensors.torch import load_file
+
+    folders = sorted(p for p in assets.iterdir() if p.is_dir() and any(p.rglob("*.safetensors")))
+    return {f.name: sum(t.numel() for w in sorted(f.rglob("*.safetensors")) for t in load_file(w).values()) for f in folders}
+
+
+PER_SUBJECT_RUN = Path("runs/toy-per-subject")  # where `persobench run configs/toy/per_subject.yaml` stores its run
+PER_SUBJECT_COMMAND = "persobench run configs/toy/per_subject.yaml (5 ToyBench subjects x 2 prompts x 2 images)"
+
+
+def blip_per_subject(run: Path = PER_SUBJECT_RUN) -> dict[str, object]:
+    """The toy BLIP-Diffusion encoder against vanilla SD in a finished run of configs/toy/per_subject.yaml
+    (unguided rows): mean over subjects of each subject's mean DINO / oracle attributes / CLIP-T, and on how
+    many subjects its DINO beats vanilla's (benchmarks/method_identity.py prints the same for every method)."""
+    import pandas as pd
+
+    points = [run] if (run / "scores.parquet").is_file() else sorted(q.parent for q in run.glob("points/*/scores.parquet"))
+    if not points:
+        raise FileNotFoundError(f"no finished run under {run}: run `persobench run configs/toy/per_subject.yaml` first")
+    frame = pd.read_parquet(points[0] / "scores.parquet")
+    frame = frame[frame["guidance"] == "none"]
+    per_subject = frame.groupby(["method", "subject"])[["dino", "oracle_attributes", "clip_t"]].mean()
+    blip, vanilla = per_subject.loc["blip-diffusion"], per_subject.loc["vanilla-sd"]
+    common = blip.index.intersection(vanilla.index)
+    out: dict[str, object] = {"command": PER_SUBJECT_COMMAND}
+    for column in ("dino", "oracle_attributes", "clip_t"):
+        out[column] = round(float(blip[column].mean()), 3)
+        out[f"vanilla_sd_{column}"] = round(float(vanilla[column].mean()), 3)
+    wins = int((blip.loc[common, "dino"] > vanilla.loc[common, "dino"]).sum())
+    out["dino_beats_vanilla_on_subjects"] = f"{wins} of {len(common)}"
+    return out
+
+
+EVALUATION = ASSETS / "evaluation.json"
+
+
+def load_evaluation(path: Path = EVALUATION) -> dict[str, object]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def record_evaluation(results: dict[str, object], path: Path = EVALUATION) -> dict[str, object]:
+    """Merge `results` into the evaluation JSON at `path` (a figure measured now replaces the recorded one;
+    the others stay), re-check the bars over the merged figures, and write it (keys sorted at the top)."""
+    merged = {**load_evaluation(path), **results}
+    merged["bars"] = check_bars(merged)
+    merged = dict(sorted(merged.items()))
+    write_text(path, json.dumps(merged, indent=2) + "\n")
+    return merged
+
+
+def evaluate_all(stages: list[str], record: Path | None = EVALUATION) -> dict[str, object]:
+    """The figures of `stages` (vae, t2i, clip, dino, oracle, blip), with every model's parameter count;
+    merged into the evaluation JSON at `record` (None: not recorded)."""
     sd = ASSETS / "sd"
-    results: dict[str, object] = {}
+    results: dict[str, object] = {"parameters": parameter_counts()}
     if "vae" in stages:
         results["vae_psnr_db"] = vae_psnr(sd)
     if "oracle" in stages:
@@ -213,5 +274,9 @@ def evaluate_all(stages: list[str]) -> dict[str, object]:
         results["attention_mass_in_mask"] = attention_specificity()
         steps = sd / "TRAINED_STEPS"
         results["t2i_trained_steps"] = int(steps.read_text()) if steps.exists() else None
+    if "blip" in stages:
+        results["blip_toy_per_subject"] = blip_per_subject()
     results["bars"] = check_bars(results)
+    if record is not None:
+        record_evaluation(results, record)
     return results

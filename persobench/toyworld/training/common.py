@@ -1,18 +1,14 @@
-"""What every toy-world training stage shares: rendered data sets, resumable checkpoints, loss logs.
+"""What every toy-world training stage shares: rendered data sets, batch indices, loss logs.
 
-A stage is a loop of `steps` optimizer steps that can be killed at any moment: its state (model,
-EMA, optimizer, step, RNG) is saved atomically every `checkpoint_every` steps to
-`<work>/<stage>.ckpt`, and a restart continues from there, with the same data order.
+The loop itself (optimizer, schedule, EMA, resumable checkpoints) is `loop.py`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -62,29 +58,6 @@ def atomic_torch_save(obj: object, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def cosine_lr(step: int, total: int, peak: float, warmup: int = 200, floor: float = 0.1) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-class Ema:
-    """Exponential moving average of a module's parameters (the weights that are shipped)."""
-
-    def __init__(self, module: torch.nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, module: torch.nn.Module) -> None:
-        for k, v in module.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
-            else:
-                self.shadow[k].copy_(v)
-
-
 class LossLog:
     """Appends one JSON line per logged step to `<work>/<stage>.loss.jsonl`."""
 
@@ -97,13 +70,9 @@ class LossLog:
             f.write(json.dumps(fields) + "\n")
 
 
-def batches(n_items: int, batch_size: int, seed: int, start_step: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(step, indices) forever; step s's batch depends only on (seed, s), so resuming is exact."""
-    step = start_step
-    while True:
-        rng = np.random.default_rng([seed, step])
-        yield step, rng.integers(0, n_items, batch_size)
-        step += 1
+def batch_indices(n_items: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Step `step`'s batch: indices drawn from (seed, step) alone, so a resumed run sees the same data."""
+    return np.random.default_rng([seed, step]).integers(0, n_items, batch_size)
 
 
 def progress(stage: str, step: int, total: int, loss: float, started: float, first_step: int) -> None:

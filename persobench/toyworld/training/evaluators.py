@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +25,8 @@ import torch.nn.functional as F
 from ..captions import caption
 from ..render import render
 from ..world import ACCESSORIES, CLASSES, COLOURS, CONTEXTS, PATTERNS, Scene, sample_scene
-from .common import TRAIN_SEED_BASE, LossLog, atomic_torch_save, batches, cosine_lr, progress, rendered_set, to_tensor
+from .common import TRAIN_SEED_BASE, batch_indices, rendered_set, to_tensor
+from .loop import LoopConfig, Stage, train
 
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
@@ -61,14 +61,14 @@ def full_caption(scene: Scene) -> str:
 
 
 @dataclasses.dataclass
-class EvaluatorConfig:
+class EvaluatorConfig(LoopConfig):
     steps: int = 3000
     batch_size: int = 64
     lr: float = 5e-4
+    weight_decay: float = 0.05
     n_images: int = 20000
     checkpoint_every: int = 250
-    seed: int = 0
-    tiny: bool = False
+    seed: int = 0  # model init; the data order uses seed + 1 (clip), + 2 (dino), + 3 (oracle), + 4 (blip)
 
 
 def clip_model_cfg(tiny: bool = False) -> dict:
@@ -94,37 +94,8 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def _train_loop(stage: str, work: Path, cfg: EvaluatorConfig, modules: dict[str, torch.nn.Module], n_items: int,
                 seed: int, loss_fn: Callable[[int, np.ndarray], torch.Tensor]) -> None:
-    """Resumable AdamW loop shared by the evaluator stages: cosine LR, loss log, atomic checkpoints."""
-    params = [p for m in modules.values() for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.05)
-    ckpt, start = work / f"{stage}.ckpt", 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
-        for k, m in modules.items():
-            m.load_state_dict(state[k])
-        opt.load_state_dict(state["opt"])
-        start = state["step"]
-    log, started = LossLog(work / f"{stage}.loss.jsonl"), time.time()
-    for m in modules.values():
-        m.train()
-    for step, idx in batches(n_items, cfg.batch_size, seed, start):
-        if step >= cfg.steps:
-            break
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
-        loss = loss_fn(step, idx)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if (step + 1) % 50 == 0:
-            value = float(loss.detach())
-            log.write(step=step + 1, loss=value)
-            progress(stage, step, cfg.steps, value, started, start)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            state = {k: m.state_dict() for k, m in modules.items()} | {"opt": opt.state_dict(), "step": step + 1}
-            atomic_torch_save(state, ckpt)
-    for m in modules.values():
-        m.eval()
+    """The evaluator stages' (and blip's) use of the loop: batches of `n_items` drawn from (seed, step)."""
+    train(Stage(stage, cfg, modules, lambda step: batch_indices(n_items, cfg.batch_size, seed, step), loss_fn), work)
 
 
 def train_clip(out: Path, work: Path, cfg: EvaluatorConfig) -> Path:

@@ -14,11 +14,9 @@ inside the subject mask and the context noun's map outside it.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import random
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -31,25 +29,30 @@ from ..captions import caption
 from ..tokenizer import build_tokenizer_files
 from ..world import CLASSES, CONTEXTS
 from .architectures import make_schedulers, make_text_encoder, make_unet
-from .common import TRAIN_SEED_BASE, Ema, LossLog, atomic_torch_save, batches, cosine_lr, progress, rendered_set, to_tensor
+from .common import TRAIN_SEED_BASE, atomic_torch_save, batch_indices, rendered_set, to_tensor
+from .loop import LoopConfig, Stage, Trained, train
 
 
 @dataclasses.dataclass
-class T2iConfig:
+class T2iConfig(LoopConfig):
     steps: int = 40000  # the cosine schedule's horizon; resumable across sessions
     batch_size: int = 32
     lr: float = 3e-4
+    weight_decay: float = 1e-2
     n_images: int = 40000
     caption_dropout: float = 0.1
-    ema_decay: float = 0.999
+    ema_decay: float | None = 0.999
+    grad_clip: float | None = 1.0
     checkpoint_every: int = 200
     export_every: int = 1000
+    log_every: int = 25
     seed: int = 0
     attention_loss: float = 0.1  # weight of the localisation loss (0 disables it)
     attention_loss_from: int = 5000  # the step it was switched on for the shipped model
     attention_loss_max_t: int = 700  # no localisation target at timesteps noisier than this
-    tiny: bool = False
-    max_steps_this_run: int | None = None  # stop early (smoke runs, time-boxed sessions)
+
+
+LEGACY_KEYS = {"ema_text_encoder": "ema_text"}  # the previous loop's t2i.ckpt (the committed one) names
 
 
 def localisation_words(tokenizer: CLIPTokenizer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,27 +106,8 @@ def train_t2i(out: Path, work: Path, cfg: T2iConfig) -> Path:
     text_encoder = make_text_encoder(tokenizer, cfg.tiny)
     unet = make_unet(text_encoder.config.hidden_size, cfg.tiny)
     train_sched, _ = make_schedulers()
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
-    ema_unet, ema_text = Ema(unet, cfg.ema_decay), Ema(text_encoder, cfg.ema_decay)
-    ckpt_path, start = work / "t2i.ckpt", 0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=True)
-        unet.load_state_dict(state["unet"])
-        text_encoder.load_state_dict(state["text_encoder"])
-        ema_unet.shadow, ema_text.shadow = state["ema_unet"], state["ema_text"]
-        if "opt" in state:  # the committed checkpoint omits Adam's moments (half its size); they re-warm quickly
-            opt.load_state_dict(state["opt"])
-        start = state["step"]
-    log, started = LossLog(work / "t2i.loss.jsonl"), time.time()
-    stop = cfg.steps if cfg.max_steps_this_run is None else min(cfg.steps, start + cfg.max_steps_this_run)
-    unet.train()
-    text_encoder.train()
-    for step, idx in batches(len(scenes), cfg.batch_size, cfg.seed, start):
-        if step >= stop:
-            break
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
+
+    def loss(step: int, idx) -> tuple[torch.Tensor, dict]:
         rng = random.Random(cfg.seed * 1_000_003 + step)
         texts = [caption(scenes[i], rng, cfg.caption_dropout) for i in idx]
         ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
@@ -136,43 +120,27 @@ def train_t2i(out: Path, work: Path, cfg: T2iConfig) -> Path:
         localise = cfg.attention_loss > 0 and step >= cfg.attention_loss_from
         with capture_cross_attention(unet, keep_grad=True) if localise else contextlib.nullcontext() as captured:
             pred = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
-        loss = diffusion = F.mse_loss(pred, target)
-        if localise:
-            valid = t <= cfg.attention_loss_max_t
-            loc = localisation_loss(captured.maps, ids, masks[torch.as_tensor(idx)].float(), valid, inside_ids, outside_ids)
-            loss = diffusion + cfg.attention_loss * loc
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema_unet.update(unet)
-        ema_text.update(text_encoder)
-        if (step + 1) % 25 == 0:
-            extra = {"localisation": round(loc.item(), 5)} if localise else {}
-            log.write(step=step + 1, loss=diffusion.item(), lr=opt.param_groups[0]["lr"], **extra)
-            progress("t2i", step, cfg.steps, diffusion.item(), started, start)
-        done = step + 1 == stop
-        if (step + 1) % cfg.checkpoint_every == 0 or done:
-            state = {
-                "unet": unet.state_dict(),
-                "text_encoder": text_encoder.state_dict(),
-                "ema_unet": ema_unet.shadow,
-                "ema_text": ema_text.shadow,
-                "opt": opt.state_dict(),
-                "step": step + 1,
-            }
-            atomic_torch_save(state, ckpt_path)
-        if (step + 1) % cfg.export_every == 0 or done:
-            export_pipeline(sd, vae, tokenizer, unet, text_encoder, ema_unet, ema_text, step + 1)
+        diffusion = F.mse_loss(pred, target)
+        if not localise:
+            return diffusion, {"loss": diffusion}
+        valid = t <= cfg.attention_loss_max_t
+        loc = localisation_loss(captured.maps, ids, masks[torch.as_tensor(idx)].float(), valid, inside_ids, outside_ids)
+        return diffusion + cfg.attention_loss * loc, {"loss": diffusion, "localisation": round(loc.item(), 5)}  # log: the diffusion loss
+
+    def export(step: int, last: bool, state: Trained) -> None:
+        if step % cfg.export_every == 0 or last:
+            export_pipeline(sd, vae, tokenizer, state, step)
+
+    train(Stage("t2i", cfg, {"unet": unet, "text_encoder": text_encoder},
+                lambda step: batch_indices(len(scenes), cfg.batch_size, cfg.seed, step), loss,
+                ema=("unet", "text_encoder"), after_step=export, legacy_keys=LEGACY_KEYS), work)
     return sd
 
 
-def export_pipeline(sd: Path, vae, tokenizer, unet, text_encoder, ema_unet: Ema, ema_text: Ema, step: int) -> None:
+def export_pipeline(sd: Path, vae, tokenizer, state: Trained, step: int) -> None:
     """Save the EMA weights as a complete diffusers StableDiffusionPipeline folder, fp32 like the VAE, so the
     card's plain `StableDiffusionPipeline.from_pretrained(path)` runs with no dtype argument."""
-    unet_out, text_out = copy.deepcopy(unet), copy.deepcopy(text_encoder)
-    unet_out.load_state_dict(ema_unet.shadow)
-    text_out.load_state_dict(ema_text.shadow)
+    unet_out, text_out = state.ema_copy("unet"), state.ema_copy("text_encoder")
     _, sampling = make_schedulers()
     pipe = StableDiffusionPipeline(
         vae=vae,

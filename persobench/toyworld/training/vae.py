@@ -8,26 +8,25 @@ and `post_quant_conv`: the saved VAE emits standardised latents and the stock pi
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .architectures import make_vae
-from .common import TRAIN_SEED_BASE, LossLog, atomic_torch_save, batches, cosine_lr, progress, rendered_set, to_tensor
+from .common import TRAIN_SEED_BASE, atomic_torch_save, batch_indices, rendered_set, to_tensor
+from .loop import LoopConfig, Stage, cosine_schedule, done_steps, train
 
 
 @dataclasses.dataclass
-class VaeConfig:
+class VaeConfig(LoopConfig):
     steps: int = 2000
     batch_size: int = 16
     lr: float = 1e-3
     n_images: int = 20000
     kl_weight: float = 1e-6
     checkpoint_every: int = 250
-    seed: int = 0
-    tiny: bool = False
+    seed: int = 0  # model init and data order
 
 
 @torch.no_grad()
@@ -48,35 +47,17 @@ def train_vae(out: Path, work: Path, cfg: VaeConfig) -> Path:
     torch.manual_seed(cfg.seed)
     _, images, _ = rendered_set(cfg.n_images, TRAIN_SEED_BASE, work / "cache")
     vae = make_vae(cfg.tiny)
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
-    ckpt_path, start = work / "vae.ckpt", 0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=True)
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start = state["step"]
-    log, started = LossLog(work / "vae.loss.jsonl"), time.time()
-    vae.train()
-    for step, idx in batches(len(images), cfg.batch_size, cfg.seed, start):
-        if step >= cfg.steps:
-            break
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
+
+    def loss(step: int, idx) -> tuple[torch.Tensor, dict]:
         x = to_tensor(images[idx])
         dist = vae.encode(x).latent_dist
-        z = dist.sample()
-        rec = vae.decode(z).sample
+        rec = vae.decode(dist.sample()).sample  # sample(): the global torch RNG, restored on resume
         mse = F.mse_loss(rec, x)
-        loss = mse + F.l1_loss(rec, x) + cfg.kl_weight * dist.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if (step + 1) % 50 == 0:
-            psnr = 10 * torch.log10(4.0 / mse.detach()).item()  # range [-1,1] -> peak-to-peak 2
-            log.write(step=step + 1, loss=loss.item(), psnr=psnr)
-            progress("vae", step, cfg.steps, loss.item(), started, start)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            atomic_torch_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1}, ckpt_path)
+        psnr = 10 * torch.log10(4.0 / mse.detach())  # range [-1,1] -> peak-to-peak 2
+        return mse + F.l1_loss(rec, x) + cfg.kl_weight * dist.kl().mean(), {"psnr": psnr}
+
+    train(Stage("vae", cfg, {"model": vae}, lambda step: batch_indices(len(images), cfg.batch_size, cfg.seed, step), loss),
+          work)
     return export_vae(vae, images, out)
 
 
@@ -92,7 +73,7 @@ def export_vae(vae: torch.nn.Module, images, out: Path) -> Path:
 
 
 @dataclasses.dataclass
-class DecoderConfig:
+class DecoderConfig(LoopConfig):
     steps: int = 6000  # phase 1: fine-tune the decoder at the encoder's width
     wide_steps: int = 9000  # phase 2: widen every channel x2 (function-preserving), fine-tune again
     polish_steps: int = 3000  # phase 3: MSE alone (PSNR's own loss) at a low constant rate
@@ -102,8 +83,7 @@ class DecoderConfig:
     n_images: int = 20000
     checkpoint_every: int = 250
     export_every: int = 1000
-    seed: int = 1
-    tiny: bool = False
+    seed: int = 1  # data order and the widening's symmetry-breaking noise
 
 
 @torch.no_grad()
@@ -139,21 +119,29 @@ def widen_vae(vae, noise: float = 0.01, seed: int = 0):
 
 
 @torch.no_grad()
-def _latent_means(vae, images, cache: Path) -> torch.Tensor:
+def _latent_means(vae, images, cache: Path, pin: Path | None = None) -> torch.Tensor:
     """fp32 latent means of the training images under the frozen encoder (computed once, cached under
-    the encoder's weights, so a retrained `vae` stage never meets stale latents)."""
+    the encoder's weights, so a retrained `vae` stage never meets stale latents). `pin` records which cache
+    file a run trains on: a resumed run reads the same latents even where its VAE folder now holds the
+    widened encoder (equal outputs to ~1e-6, not bit-equal)."""
     import hashlib
 
+    if pin is not None and pin.is_file() and (cache / pin.read_text().strip()).is_file():
+        return torch.load(cache / pin.read_text().strip(), weights_only=True)
     digest = hashlib.sha256()
     for k, v in vae.state_dict().items():
         if k.startswith(("encoder.", "quant_conv.")):
             digest.update(k.encode() + v.cpu().numpy().tobytes())
     path = cache / f"decoder-latents-{len(images)}-{digest.hexdigest()[:12]}.pt"
     if path.exists():
-        return torch.load(path, weights_only=True)
-    vae.eval()
-    lat = torch.cat([vae.encode(to_tensor(images[i : i + 200])).latent_dist.mean for i in range(0, len(images), 200)])
-    atomic_torch_save(lat, path)
+        lat = torch.load(path, weights_only=True)
+    else:
+        vae.eval()
+        lat = torch.cat([vae.encode(to_tensor(images[i : i + 200])).latent_dist.mean for i in range(0, len(images), 200)])
+        atomic_torch_save(lat, path)
+    if pin is not None:
+        pin.parent.mkdir(parents=True, exist_ok=True)
+        pin.write_text(path.name + "\n")
     return lat
 
 
@@ -164,67 +152,69 @@ def train_vae_decoder(out: Path, work: Path, cfg: DecoderConfig) -> Path:
     (6,000 steps at the encoder's 16/32/64 width) at 26.5 dB, so phase 2 doubles the width with
     `widen_vae` (the encoder's output is unchanged) and trains the wider decoder (27.86 dB); phase 3
     polishes it on MSE alone (27.96 dB after 1,500 steps, 28.02 after 3,000; a 300-step probe gave
-    +0.085 dB on MSE alone vs +0.04 dB with L1 kept)."""
+    +0.085 dB on MSE alone vs +0.04 dB with L1 kept).
+
+    Two runs of the training loop, one data order (batch indices from (seed, global step)): `narrow`
+    (phase 1, checkpoints in <work>/vae-decoder/narrow; a cosine over its 6,000 steps) and `wide` (phases 2
+    and 3, <work>/vae-decoder/wide, starting from the widened phase-1 result: a cosine over 9,000 steps,
+    then `polish_lr` constant with the same optimizer, as before)."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(cfg.seed)
     target = out / "sd" / "vae"
     vae = AutoencoderKL.from_pretrained(target)
     base = list(make_vae(cfg.tiny).config.block_out_channels)
-    ckpt_path, start, state = work / "vae-decoder.ckpt", 0, None
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=True)
-        if state.get("wide") and list(vae.config.block_out_channels) == base:
-            vae = widen_vae(vae, noise=0.0)  # the structure; the weights come from the checkpoint
-        vae.load_state_dict(state["model"])
-        start = state["step"]
-    elif list(vae.config.block_out_channels) != base:
+    started, wide_done = done_steps(work, "vae-decoder/narrow") > 0, done_steps(work, "vae-decoder/wide") > 0
+    if list(vae.config.block_out_channels) != base and not wide_done:
         raise ValueError(f"{target} already holds a widened decoder; run the `vae` stage first, or pass the --work "
-                         "folder that holds vae-decoder.ckpt to resume")
-    wide = list(vae.config.block_out_channels) != base
+                         "folder that holds vae-decoder/ (its checkpoints) to resume")
     _, images, _ = rendered_set(cfg.n_images, TRAIN_SEED_BASE, work / "cache")
-    latents = _latent_means(vae, images, work / "cache")
+    pin = work / "vae-decoder" / "latents"
+    if not (started or wide_done) and pin.is_file():
+        pin.unlink()  # a fresh run: the VAE stage may have been retrained
+    latents = _latent_means(vae, images, work / "cache", pin)
+    polish_from = cfg.steps + cfg.wide_steps
 
-    def optimiser(module):
-        module.encoder.requires_grad_(False)
-        module.quant_conv.requires_grad_(False)
-        trainable = list(module.decoder.parameters()) + list(module.post_quant_conv.parameters())
-        return torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
+    budget = [cfg.max_steps_this_run]  # steps left for this call, across both runs (None: no limit)
 
-    opt = optimiser(vae)
-    if state is not None and "opt" in state:
-        opt.load_state_dict(state["opt"])
-    total, polish_from = cfg.steps + cfg.wide_steps + cfg.polish_steps, cfg.steps + cfg.wide_steps
-    log, started = LossLog(work / "vae-decoder.loss.jsonl"), time.time()
-    vae.train()
-    for step, idx in batches(len(images), cfg.batch_size, cfg.seed, start):
-        if step >= total:
-            break
-        if step >= cfg.steps and not wide:
-            vae, wide = widen_vae(vae, seed=cfg.seed), True
-            vae.train()
-            opt = optimiser(vae)
-        phase_step, phase_len = (step - cfg.steps, cfg.wide_steps) if wide else (step, cfg.steps)
-        polish = step >= polish_from
-        for g in opt.param_groups:
-            g["lr"] = cfg.polish_lr if polish else cosine_lr(phase_step, phase_len, cfg.lr)
-        x = to_tensor(images[idx])
-        rec = vae.decode(latents[torch.from_numpy(idx)]).sample
-        mse = F.mse_loss(rec, x)
-        loss = mse if polish else mse + F.l1_loss(rec, x)  # L1 sharpens early; the bar is PSNR, i.e. MSE
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if (step + 1) % 50 == 0:
-            log.write(step=step + 1, loss=loss.item(), psnr=10 * torch.log10(4.0 / mse.detach()).item())
-            progress("vae-decoder", step, total, loss.item(), started, start)
-        done = step + 1 == total
-        if (step + 1) % cfg.checkpoint_every == 0 or done or step + 1 == cfg.steps:
-            saved = {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1, "wide": wide}
-            atomic_torch_save(saved, ckpt_path)
-        if (step + 1) % cfg.export_every == 0 and not done:
-            _export(vae, target)
-            vae.train()
+    def run(model, folder: str, first: int, steps: int, schedule=None) -> bool:
+        """Train one run; True when it reached its last step."""
+        model.encoder.requires_grad_(False)
+        model.quant_conv.requires_grad_(False)
+
+        def loss(step: int, idx) -> tuple[torch.Tensor, dict]:
+            rec = model.decode(latents[torch.from_numpy(idx)]).sample
+            x = to_tensor(images[idx])
+            mse = F.mse_loss(rec, x)
+            psnr = 10 * torch.log10(4.0 / mse.detach())
+            return (mse if step >= polish_from else mse + F.l1_loss(rec, x)), {"psnr": psnr}  # L1 sharpens early
+
+        def export(step: int, last: bool, state) -> None:
+            if step % cfg.export_every == 0 and step != polish_from + cfg.polish_steps:
+                _export(model, target)
+                model.train()
+
+        phase = dataclasses.replace(cfg, steps=steps, max_steps_this_run=budget[0])
+        before = done_steps(work, f"vae-decoder/{folder}")
+        done = train(Stage("vae-decoder", phase, {"model": model}, lambda step: batch_indices(len(images), cfg.batch_size, cfg.seed, step),
+                           loss, params=list(model.decoder.parameters()) + list(model.post_quant_conv.parameters()),
+                           schedule=schedule, after_step=export, first_step=first, folder=f"vae-decoder/{folder}",
+                           legacy_keys=None), work).step  # an old vae-decoder.ckpt (none committed) held both phases
+        if budget[0] is not None:
+            budget[0] -= done - max(before, first)
+        return done == first + steps
+
+    if not wide_done and (not run(vae, "narrow", 0, cfg.steps) or budget[0] == 0):
+        _export(vae, target)  # stopped early (max_steps_this_run): the narrow decoder; the next call resumes
+        return target
+    if list(vae.config.block_out_channels) == base:
+        vae = widen_vae(vae, noise=0.0 if wide_done else 0.01, seed=cfg.seed)  # with a checkpoint: the structure only
+
+    def wide_schedule(opt):  # phase 2's cosine, then phase 3's constant rate (the old loop kept Adam's moments)
+        cosine = cosine_schedule(opt, cfg.warmup, cfg.wide_steps, cfg.lr_floor).lr_lambdas[0]
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s) if s < cfg.wide_steps else cfg.polish_lr / cfg.lr)
+
+    run(vae, "wide", cfg.steps, cfg.wide_steps + cfg.polish_steps, wide_schedule)
     _export(vae, target)  # also when a finished checkpoint meets a stale folder
     return target
 
