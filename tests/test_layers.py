@@ -60,7 +60,8 @@ CONTRACTS = [
     ("persobench.core.errors", ["persobench."], []),
 ]
 TOP = ["persobench.harness", "persobench.api"]
-MIDDLE = ["persobench.methods", "persobench.guidance", "persobench.datasets", "persobench.reports", "persobench.toyworld"]
+MIDDLE = ["persobench.methods", "persobench.guidance", "persobench.datasets", "persobench.reports", "persobench.toyworld",
+          "persobench.twins"]
 BOTTOM = "persobench.core"
 OUTSIDE_TOYWORLD = ["persobench.harness", "persobench.methods", "persobench.datasets", "persobench.reports",
                     "persobench.guidance", "persobench.core"]
