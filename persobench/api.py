@@ -117,10 +117,11 @@ class FittedSubject:
 
     def sample(self, template: str, n: int = 4, guidance: str = "none", seed: int | None = None) -> list[Image.Image]:
         """`n` images of `template` (a DreamBench template: '{0}' = the method's identifier, '{1}' = the class noun),
-        without guidance (`"none"`) or with a registered guidance term (`"pick-and-draw"`, set by `config.guidance.*`).
-        Image i has the seed a run gives image i of this template (run seed `seed`, default the config's)."""
+        without guidance (`"none"`) or with a registered guidance method (`"pick-and-draw"`, set by `config.guidance.*`).
+        Image i has the seed a run gives image i of this template (run seed `seed`, default the config's); guided ones
+        read the vanilla template the run recorded in its store (or record it there), as the run's images do."""
         from .core.seeding import image_seed
-        from .harness.guided import check_guidance, reference_palette
+        from .harness.guided import TemplateStore, check_guidance, reference_palette
         from .harness.runner import ImageJob, chunks, generate
 
         if guidance != "none":
@@ -136,8 +137,9 @@ class FittedSubject:
         jobs = [ImageJob(self.method, self.subject, 0, template, i, image_seed(cfg.seed, self.subject.name, template, i),
                          Path(f"{i:03d}.png")) for i in range(n)]
         images: list[Image.Image] = []
+        templates = TemplateStore(self.store_root / "cache" / "templates")  # the run's recorded vanilla templates, or new ones
         for batch in chunks(jobs, cfg.sampler.batch_size):
-            images += generate(self.fitted, cfg, batch, guidance, palette)[1]
+            images += generate(self.fitted, cfg, batch, guidance, palette, templates)[1]
         return images
 
 

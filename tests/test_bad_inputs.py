@@ -163,10 +163,10 @@ def test_full_disk_is_a_clear_error_and_leaves_no_temp_files(env, capsys, monkey
 def test_nan_in_guidance_is_reported_with_its_step_and_not_written(env, capsys, monkeypatch):
     import torch
 
-    from persobench.guidance import pick_and_draw
+    from persobench.guidance import layout_math
 
     tmp, _, base = env
-    monkeypatch.setattr(pick_and_draw, "layout_loss", lambda *a, **k: torch.full((1,), float("nan")))
+    monkeypatch.setattr(layout_math, "layout_loss", lambda *a, **k: torch.full((1,), float("nan")))
     assert main(["run", *base, "guidance.name=pick-and-draw", "guidance.compare_unguided=false"]) == 2
     err = capsys.readouterr().err
     assert "NaN/inf at guided step(s) [0]" in err

@@ -15,7 +15,7 @@ from persobench.core.schedulers import build_scheduler
 from persobench.core.seeding import initial_noise
 from persobench.datasets import datasets
 from persobench.guidance.inversion import invert
-from persobench.guidance.layout import smooth
+from persobench.guidance.layout_math import smooth
 from persobench.guidance.uremd import cosine_distance, uremd
 from persobench.harness.guided import build_hooks, reference_palette
 from persobench.harness.runner import run

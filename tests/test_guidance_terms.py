@@ -58,6 +58,22 @@ def test_an_unregistered_term_is_an_unknown_key():
     assert "attend" not in to_dict(load_config(None, []))["guidance"]
 
 
+def test_installing_a_term_changes_no_existing_key():
+    """A plugin term that is off and untouched is left out of what keys hash (the gate's signature, guided sample
+    keys), so installing one neither voids a baseline nor re-samples a store; turning it on does change them."""
+    from persobench.core.config import signature_dict, stable_hash
+    from persobench.harness.guided import guidance_signature
+
+    cfg = load_config(None, ["guidance.name=pick-and-draw"])
+    before = stable_hash(signature_dict(cfg)), stable_hash(guidance_signature(cfg.guidance, "pick-and-draw"))
+    with guidance_terms.registered("attend", AttendTerm):
+        again = load_config(None, ["guidance.name=pick-and-draw"])
+        assert "attend" in to_dict(again)["guidance"]  # the config has the section ...
+        assert (stable_hash(signature_dict(again)), stable_hash(guidance_signature(again.guidance, "pick-and-draw"))) == before
+        on = load_config(None, ["guidance.name=pick-and-draw", "guidance.attend.enabled=true"])
+        assert stable_hash(signature_dict(on)) != before[0]  # ... and counts once it is used
+
+
 @pytest.fixture(scope="module")
 def registered():
     with guidance_terms.registered("attend", AttendTerm):

@@ -64,7 +64,7 @@ MIDDLE = ["persobench.methods", "persobench.guidance", "persobench.datasets", "p
           "persobench.twins"]
 BOTTOM = "persobench.core"
 OUTSIDE_TOYWORLD = ["persobench.harness", "persobench.methods", "persobench.datasets", "persobench.reports",
-                    "persobench.guidance", "persobench.core"]
+                    "persobench.guidance", "persobench.core", "persobench.twins"]
 TOYWORLD_ALLOWED = {"harness/cli.py"}  # the `toyworld` subcommands and `doctor`
 
 

@@ -38,8 +38,9 @@ def test_run_ends_with_table_curves_html_and_offline_wandb(reported_run):
     assert "vanilla-sd" in md and "textual-inversion" in md and "Point" in md
     for name in ("tradeoff-dino.png", "tradeoff-dino.svg", "tradeoff-clip_i.png", "index.html"):
         assert (report / name).is_file(), name
-    runs = sorted((reported_run / "wandb").glob("offline-run-*/*.wandb"))
-    assert len(runs) == 4  # 2 sweep points x 2 methods
+    every = sorted((reported_run / "wandb").glob("offline-run-*/*.wandb"))
+    runs = [r for r in every if run_info(r)[1] != "default/sweep"]  # the sweep's summary run: tests/test_tradeoff_curves.py
+    assert len(runs) == 4 and len(every) == 5  # 2 sweep points x 2 methods, + the sweep's summary run
     group, name, config = run_info(runs[0])
     assert group == "default" and name.count("/") == 2
     assert json.loads(config["sampler"])["steps"] == 3

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from persobench.core.config import load_config
-from persobench.harness.distributed import Shard, balanced, makespan
+from persobench.harness.distributed import Shard, makespan
 from persobench.harness.worklist import batch_seconds, fit_seconds
 
 

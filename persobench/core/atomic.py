@@ -48,13 +48,14 @@ def remove_stale_temps(root: Path) -> int:
     removed = 0
     for p in root.rglob(f".*{TEMP_SUFFIX}") if root.is_dir() else []:
         pid = p.name.rsplit(".", 2)[-2]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             p.unlink(missing_ok=True)
             removed += 1
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

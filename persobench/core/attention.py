@@ -55,6 +55,26 @@ class Capture:
     features: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # [B, pixels, C] (see `feature`)
 
 
+def _query_side(attn, hidden_states: torch.Tensor, temb) -> tuple[torch.Tensor, tuple | None]:
+    """diffusers' AttnProcessor up to the query projection's input: spatial norm, [B, C, H, W] -> [B, HW, C]
+    (its shape returned for the way back), group norm."""
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    shape = None
+    if hidden_states.ndim == 4:
+        shape = hidden_states.shape
+        b, c, h, w = shape
+        hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    return hidden_states, shape
+
+
+def _mask(attn, hidden_states: torch.Tensor, encoder_hidden_states, attention_mask):
+    batch_size, sequence_length, _ = hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+    return attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+
+
 class RecordingProcessor:
     """diffusers' AttnProcessor arithmetic, plus recording of head-averaged attention probabilities
     and (optionally) a feature of the layer: `hidden` (the query-side hidden states entering the
@@ -68,16 +88,8 @@ class RecordingProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
-        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        hidden_states, shape = _query_side(attn, hidden_states, temb)
+        attention_mask = _mask(attn, hidden_states, encoder_hidden_states, attention_mask)
         if self.feature == "hidden":
             self.capture.features[self.name] = self._keep(hidden_states)
         query = attn.to_q(hidden_states)
@@ -96,11 +108,37 @@ class RecordingProcessor:
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if self.feature == "attn_out":
             self.capture.features[self.name] = self._keep(hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if shape is not None:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(*shape)
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+class ObservingProcessor:
+    """Leaves a layer's output to its own processor (bit for bit: SDPA stays SDPA) and records, beside it and
+    without gradients, the head-averaged probabilities that `RecordingProcessor` computes: for watching a
+    pass whose images must not change (the vanilla template recorded from an unguided run)."""
+
+    def __init__(self, name: str, capture: Capture, original) -> None:
+        self.name, self.capture, self.original = name, capture, original
+
+    @torch.no_grad()
+    def _probs(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb) -> torch.Tensor:
+        hidden_states, _ = _query_side(attn, hidden_states, temb)
+        attention_mask = _mask(attn, hidden_states, encoder_hidden_states, attention_mask)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        query, key = attn.head_to_batch_dim(query), attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+        probs = attn.get_attention_scores(query, key, attention_mask)
+        return probs.view(-1, attn.heads, *probs.shape[1:]).mean(1)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        self.capture.maps[self.name] = self._probs(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
 
 
 def select_layers(unet: torch.nn.Module, specs: Iterable[str]) -> list[str]:
@@ -135,9 +173,10 @@ def select_layers(unet: torch.nn.Module, specs: Iterable[str]) -> list[str]:
 
 @contextlib.contextmanager
 def capture_cross_attention(unet: torch.nn.Module, layers: Iterable[str] | None = None, keep_grad: bool = False,
-                            feature: str | None = None, feature_layers: Iterable[str] = ()) -> Iterator[Capture]:
+                            feature: str | None = None, feature_layers: Iterable[str] = (), observe: bool = False) -> Iterator[Capture]:
     """Record the named cross-attention layers (default: all) while the context is open; `feature`
-    is also recorded on `feature_layers`."""
+    is also recorded on `feature_layers`. `observe`: maps only, the layers' outputs left to their own
+    processors, so the forward is bit-identical to an unobserved one (`ObservingProcessor`)."""
     available = cross_attention_layers(unet)
     chosen = list(layers) if layers is not None else available
     feature_layers = list(feature_layers)
@@ -149,7 +188,8 @@ def capture_cross_attention(unet: torch.nn.Module, layers: Iterable[str] | None 
     original = {}
     for name in dict.fromkeys(chosen + feature_layers):
         original[name] = modules[name].processor
-        modules[name].processor = RecordingProcessor(name, capture, keep_grad, feature if name in feature_layers else None)
+        modules[name].processor = (ObservingProcessor(name, capture, original[name]) if observe else
+                                   RecordingProcessor(name, capture, keep_grad, feature if name in feature_layers else None))
     try:
         yield capture
     finally:

@@ -19,7 +19,7 @@ import torch
 
 from .config import ModelConfig
 from .errors import UserError
-from .sources import ASSETS, EMBEDDED, resolve_source  # noqa: F401  (re-exported)
+from .sources import ASSETS, EMBEDDED, TWIN_PREFIX, resolve_source, twin_folder  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -64,7 +64,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def fingerprint(path: Path) -> str:
-    """Hash of configs, file sizes, and the content of weight files under 256 MB (model cards excluded)."""
+    """Hash of configs, file sizes, and the content of weight files under 256 MB (model cards excluded); a random-weight
+    twin's (persobench/twins) starts with 'twin-' and hashes its marker too, so it is never a real model's."""
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         rel = f.relative_to(path).as_posix()
@@ -74,7 +75,7 @@ def fingerprint(path: Path) -> str:
         h.update(f"{rel}:{size}\n".encode())
         if f.suffix == ".json" or size < 256 * 2**20:
             h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    return (TWIN_PREFIX if twin_folder(path) is not None else "") + h.hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=4)

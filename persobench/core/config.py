@@ -85,7 +85,8 @@ class MetricsConfig:
     reference_set: Literal["all", "first"] = "all"  # DreamBench: all of the subject's real images
     batch_size: int = 64
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    bootstrap: int = 1000  # resamples for the 95% intervals in the tables
+    bootstrap: int = 1000  # resamples for the 95% intervals in the tables (two-stage: subjects, then prompts; reports/tables.py)
+    baseline_method: str | None = None  # one of `methods`: every other method's paired delta vs it (points/<p>/deltas.csv); null = none
 
 
 @dataclasses.dataclass
@@ -105,7 +106,8 @@ class GuidanceTermConfig:
 # Guidance terms by name, each a class whose `Config` (a GuidanceTermConfig) is its config section
 # `guidance.<name>`: `persobench.guidance` registers Pick-and-Draw's appearance and layout terms (named here,
 # not imported, so this layer imports nothing above it); a plugin registers its own.
-guidance_terms: Registry[Any] = Registry("guidance term", builtins=("persobench.guidance",))
+guidance_terms: Registry[Any] = Registry("guidance term", builtins=("persobench.guidance.appearance", "persobench.guidance.layout"),
+                                         plugins="persobench.guidance_terms")
 
 
 @dataclasses.dataclass
@@ -124,8 +126,8 @@ class GuidanceConfig:
     # + one section per registered guidance term (`guidance_config_type`): appearance, layout, ...
 
     def terms(self) -> dict[str, GuidanceTermConfig]:
-        """The term sections, in registration order."""
-        return {name: getattr(self, name) for name in guidance_terms.ordered_names()}
+        """The term sections, in registration order (a term registered after this config was made: its defaults)."""
+        return {name: getattr(self, name, None) or guidance_terms.get(name).Config() for name in guidance_terms.ordered_names()}
 
     def palette_term(self) -> tuple[str, GuidanceTermConfig] | None:
         """(name, section) of the enabled term that reads the reference palette (its `num_references` picks
@@ -243,6 +245,17 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def signature_dict(cfg: RunConfig | GuidanceConfig) -> dict[str, Any]:
+    """`to_dict` for hashing (the gate's signature, guided sample keys): a guidance term section that is off and
+    untouched (its Config's defaults) is left out, so installing a plugin term changes no existing key."""
+    data = to_dict(cfg)
+    g, sections = (cfg.guidance, data["guidance"]) if isinstance(cfg, RunConfig) else (cfg, data)
+    for name, section in g.terms().items():
+        if not section.enabled and section == type(section)():
+            sections.pop(name, None)
+    return data
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'a.b.c=value' -> (['a','b','c'], value); the value is read as YAML (numbers, lists, null)."""
     if "=" not in text:
@@ -357,7 +370,7 @@ def _apply_metrics_preset(data: dict[str, Any], explicit: set[str]) -> None:
 
 # Published metric protocols by name, {MetricsConfig field: value}. `reports/metrics/presets.py` registers them;
 # it is named, not imported, so this layer imports nothing above it.
-metric_presets: Registry[dict[str, Any]] = Registry("metrics preset", builtins=("persobench.reports.metrics.presets",))
+metric_presets: Registry[dict[str, Any]] = Registry("metrics preset", builtins=("persobench.reports.metrics.presets",), plugins=None)
 
 
 def preset_fields(name: Any) -> dict[str, Any]:
@@ -408,6 +421,9 @@ def validate(cfg: RunConfig) -> None:
                         f"got {s.cfg_scale}; use guidance.inversion=ddim")
     if cfg.metrics.batch_size <= 0 or cfg.metrics.bootstrap < 0:
         raise UserError("metrics.batch_size must be positive and metrics.bootstrap >= 0")
+    if cfg.metrics.baseline_method is not None and cfg.metrics.baseline_method not in cfg.methods:
+        raise UserError(f"metrics.baseline_method {cfg.metrics.baseline_method!r} is not one of this run's methods; "
+                        f"choose one of {', '.join(cfg.methods)}, or null (no method-vs-method deltas)")
     for key in ("dino_weights", "clip_weights"):
         weights = getattr(cfg.metrics, key)
         if weights is not None and not Path(weights).expanduser().exists():

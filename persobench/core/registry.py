@@ -35,22 +35,52 @@ def load_plugins() -> None:
         entry.load()
 
 
+_groups_loaded: set[str] = set()
+
+
+def load_group(group: str) -> None:
+    """Import every entry point of one light plugin group once (see `Registry(plugins=...)`)."""
+    if group in _groups_loaded:
+        return
+    _groups_loaded.add(group)
+    for entry in importlib.metadata.entry_points(group=group):
+        entry.load()
+
+
 class Registry(Generic[T]):
-    def __init__(self, kind: str, builtins: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str, builtins: tuple[str, ...] = (), plugins: str | None = "persobench.plugins") -> None:
         """`builtins`: modules that register this registry's built-in names, imported by name on first
-        lookup (before the plugins), so a registry defined below them imports nothing above it."""
+        lookup (before the plugins), so a registry defined below them imports nothing above it.
+        `plugins`: the entry-point group that extends it. The default, `persobench.plugins`, is the packages
+        that extend everything (the toy world: datasets, backbones, a metric, a BLIP backend), which import
+        models; a registry that config validation reads (guidance terms, metric presets) names a light group
+        of its own instead, or None, so checking a config never imports a model library."""
         self.kind = kind
         self._items: dict[str, T] = {}
         self._docs: dict[str, str] = {}
         self._builtins = builtins
+        self._plugins = plugins
+        self._builtins_loaded = self._loaded = False
+
+    def _load_builtins(self) -> None:
+        if not self._builtins_loaded:
+            self._builtins_loaded = True  # first, so a builtin that registers into this registry does not recurse
+            for name in self._builtins:
+                importlib.import_module(name)
 
     def _load(self) -> None:
-        builtins, self._builtins = self._builtins, ()  # first, so a builtin that reads this registry does not recurse
-        for name in builtins:
-            importlib.import_module(name)
-        load_plugins()
+        self._load_builtins()
+        if self._loaded:
+            return
+        self._loaded = True
+        if self._plugins == "persobench.plugins":
+            load_plugins()
+        elif self._plugins:
+            load_group(self._plugins)
 
     def register(self, name: str, doc: str | None = None) -> Callable[[T], T]:
+        self._load_builtins()  # the built-ins first, whoever registers first: their order is the registry's order
+
         def add(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")

@@ -65,11 +65,13 @@ def denoise(
     eta: float = 0.0,
     hooks: Sequence[Hook] = (),
     step_generators: list[torch.Generator] | None = None,
+    until: int | None = None,
 ) -> torch.Tensor:
     """Run the sampler from initial noise `latents` to clean latents.
 
     `step_generators` (one per image) feed stochastic schedulers, so even ancestral sampling is
     per-image deterministic. As in diffusers, CFG is on when cfg_scale > 1, uncond first in the batch.
+    `until`: stop after that many loop iterations and return the latents reached (not decodable images).
     """
     device = latents.device
     scheduler.set_timesteps(num_steps, device=device)
@@ -83,6 +85,8 @@ def denoise(
         wrap = getattr(hook, "wrap_denoiser", None)
         model = wrap(model) if wrap is not None else model
     for i, t in enumerate(scheduler.timesteps):
+        if until is not None and i >= until:  # a pass that only needs its first steps (the vanilla template's)
+            break
         for hook in hooks:
             latents = hook(i, t, latents, ctx)
         model_in = torch.cat([latents] * 2) if do_cfg else latents

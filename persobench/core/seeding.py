@@ -16,6 +16,11 @@ def image_seed(run_seed: int, subject: str, prompt: str, index: int) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
+def step_seed(seed: int) -> int:
+    """The seed of an image's per-step noise generator (ancestral samplers, DDIM eta > 0), apart from its initial noise."""
+    return seed ^ 0x5EED
+
+
 def initial_noise(seeds: list[int], shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """One latent per seed, each drawn alone from its own CPU generator, stacked."""
     out = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s), dtype=torch.float32) for s in seeds]

@@ -14,6 +14,19 @@ logger = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "toyworld"
 EMBEDDED = {"toyworld": ASSETS / "sd"}
 REQUIRED = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")
+# The marker file of a random-weight twin (persobench/twins: builders.MARKER). A fingerprint of weights in a folder
+# holding it starts with TWIN_PREFIX, so no cache key or report of a twin's is ever a real model's.
+TWIN_MARKER = "persobench_twin.json"
+TWIN_PREFIX = "twin-"
+
+
+def twin_folder(path: Path) -> Path | None:
+    """The twin folder holding `path` (the folder itself, or a file or folder up to two levels inside it), or None."""
+    path = Path(path)
+    for folder in ([path] if path.is_dir() else []) + list(path.parents)[:2]:
+        if (folder / TWIN_MARKER).is_file():
+            return folder
+    return None
 
 
 def resolve_source(source: str, local_files_only: bool = True) -> Path:

@@ -4,17 +4,16 @@ features inside its subject mask and the reference palette's (the inverted subje
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
-
-from ..core.attention import capture_cross_attention
 from ..core.config import GuidanceTermConfig
 from ..core.errors import UserError
-from ..core.fitted import Fitted
-from .masks import subject_mask
 from .terms import GuidanceTerm, register_term, subject_words, token_columns
-from .uremd import uremd
+
+if TYPE_CHECKING:  # imported where used: config validation imports this file for AppearanceConfig, without torch
+    import torch
+
+    from ..core.fitted import Fitted
 
 FIX = "change guidance.appearance.subject_token or the method's prompt form"
 
@@ -61,14 +60,19 @@ class AppearanceTerm(GuidanceTerm):
         words = subject_words(fitted, cfg.subject_token, "guidance.appearance.subject_token")
         return token_columns(fitted.tokenizer, prompts, words, "subject", FIX)
 
-    @torch.no_grad()
     def prepare(self, step: int, t: torch.Tensor, template: dict[str, torch.Tensor]) -> tuple[list, list]:
         """The palette's features and subject masks at this step, per layer (computed once per subject and step,
         then shared by every prompt and seed through the palette's cache)."""
+        import torch
+
+        from ..core.attention import capture_cross_attention
+        from .masks import subject_mask
+
         pal, a = self.inp.palette, self.cfg
         missing = [n for n in self.layers if (step, n) not in pal.cache]
         if missing:
-            with capture_cross_attention(self.inp.unet, self.layers, feature=a.feature, feature_layers=self.layers) as cap:
+            with torch.no_grad(), capture_cross_attention(self.inp.unet, self.layers, feature=a.feature,
+                                                          feature_layers=self.layers) as cap:
                 self.inp.unet(pal.trajectory[step], t, encoder_hidden_states=pal.cond.cond)
             for name in self.layers:
                 mask = subject_mask(cap.maps[name], pal.cond.subject_positions, a.tau, a.soft_masks)
@@ -78,6 +82,11 @@ class AppearanceTerm(GuidanceTerm):
         return list(feats), list(masks)
 
     def loss(self, cap: Any, state: tuple[list, list]) -> torch.Tensor:
+        import torch
+
+        from .masks import subject_mask
+        from .uremd import uremd
+
         a = self.cfg
         return torch.stack([
             uremd(cap.features[name].float(), subject_mask(cap.maps[name].detach().float(), self.own, a.tau, a.soft_masks), pf, pm,

@@ -128,14 +128,6 @@ def ddim_invert_levels(unet, kind: str, levels: Levels, z0: torch.Tensor, cond: 
     return states[::-1]
 
 
-def ddim_invert(unet, scheduler, z0: torch.Tensor, cond: torch.Tensor, steps: int) -> list[torch.Tensor]:
-    """z at each sampler step (in sampling order, one per `scheduler.timesteps` entry)."""
-    scheduler.set_timesteps(steps, device=z0.device)
-    levels = noise_levels(scheduler)
-    states = ddim_invert_levels(unet, scheduler.config.prediction_type, levels, z0, cond)
-    return [states[k] for k in levels.level_of_step]
-
-
 def _cfg(unet, z, t, cond, uncond, cfg_scale):
     if cfg_scale <= 1.0:  # as the sampling loop: no CFG, conditional prediction only
         return unet(z, t, encoder_hidden_states=cond).sample

@@ -39,6 +39,7 @@ from ..core.attention import capture_cross_attention
 from ..core.config import GuidanceConfig, guidance_terms
 from ..core.errors import UserError
 from ..core.sampling import Conditioning, StepContext, _step_kwargs
+from . import guidances
 from .masks import maps_2d
 from .terms import GuidanceTerm
 
@@ -64,6 +65,9 @@ class GuidanceInputs:
     eta: float = 0.0  # the sampler's eta (DDIM eta > 0 is stochastic)
     step_seeds: list[int] | None = None  # seeds of the main run's per-image step generators
     own: dict[str, Any] = dataclasses.field(default_factory=dict)  # per term: what its `inputs_from` built
+    # per image, the vanilla template's maps {loop step: {layer: [side, side]}} at the guided steps, recorded
+    # once (`TemplateRecorder`) and reused by every method; None: the hook runs the template itself
+    template: list[dict[int, dict[str, torch.Tensor]]] | None = None
 
 
 class PickAndDraw:
@@ -81,6 +85,7 @@ class PickAndDraw:
             raise UserError(f"guidance terms read different feature kinds {sorted(kinds)}; one guided forward captures one kind")
         # the layers whose template maps a term reads (layout drawing's); the template runs only when one does
         self.template_layers = list(dict.fromkeys(n for term in self.terms if term.template for n in term.layers))
+        self.stored = inputs.template if self.template_layers else None
         self.template_scheduler = inputs.make_scheduler()
         self.template_scheduler.set_timesteps(num_steps, device=inputs.initial_latents.device)
         self.guided = guided_steps(cfg.steps, len(self.template_scheduler.timesteps))
@@ -96,7 +101,7 @@ class PickAndDraw:
     def wrap_denoiser(self, unet: torch.nn.Module) -> Callable:
         """Where the template network is the sampled one (vanilla, TI, BLIP-Diffusion), run the
         template's next CFG forward in the main forward's batch (one 4B forward instead of two 2B)."""
-        if unet is not self.inp.template_unet or not self.template_layers:
+        if unet is not self.inp.template_unet or not self.template_layers or self.stored is not None:
             return unet
         return _SharedTemplateDenoiser(self, unet)
 
@@ -114,7 +119,13 @@ class PickAndDraw:
 
     @torch.no_grad()
     def _template(self, step: int, t: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Template maps at this step (computed ahead when shared), advancing the vanilla trajectory."""
+        """Template maps at this step: recorded before (`inputs.template`), or computed ahead when shared, or
+        computed here, advancing the vanilla trajectory."""
+        if self.stored is not None:
+            if step not in self.guided:
+                return {}
+            device = self.inp.initial_latents.device
+            return {name: torch.stack([image[step][name] for image in self.stored]).to(device) for name in self.template_layers}
         if step in self.pending_template:
             return self.pending_template.pop(step)
         inp, z = self.inp, self.template_latents
@@ -184,6 +195,52 @@ class PickAndDraw:
                             "loss weights (no image was written)")
 
 
+class TemplateRecorder:
+    """A hook for a pass that is the vanilla template itself (the base model, its text encoder, the class-noun
+    prompts, the same noise): records the template maps Pick-and-Draw's terms read at the guided steps, per
+    image, without changing a bit of the pass (`capture_cross_attention(observe=True)`), so every method's
+    guided run reuses them instead of running the template again."""
+
+    def __init__(self, layers: list[str], columns: list[list[int]], fractions: list[float]) -> None:
+        self.layers, self.columns, self.fractions = layers, columns, fractions
+        self.current_step, self.guided = 0, range(0)
+        self.maps: list[dict[int, dict[str, torch.Tensor]]] = [{} for _ in columns]
+
+    def __call__(self, step: int, t: torch.Tensor, latents: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        if step == 0:
+            self.guided = guided_steps(self.fractions, len(ctx.scheduler.timesteps))
+        self.current_step = step
+        return latents
+
+    def wrap_denoiser(self, unet: torch.nn.Module) -> Callable:
+        def observed(sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
+            if self.current_step not in self.guided:
+                return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states)
+            with capture_cross_attention(unet, self.layers, observe=True) as cap:
+                out = unet(sample, timestep, encoder_hidden_states=encoder_hidden_states)
+            n = len(self.columns)  # CFG rows are [uncond | cond]: the template reads the cond rows
+            for name, m in cap.maps.items():
+                maps = maps_2d(m[len(m) - n:], self.columns).float().cpu()
+                for b in range(n):
+                    self.maps[b].setdefault(self.current_step, {})[name] = maps[b]
+            return out
+
+        return observed
+
+    @property
+    def steps_needed(self) -> int:
+        """Loop iterations a pass must run to record every guided step (`denoise(until=...)`)."""
+        return self.guided.stop
+
+    def finish(self) -> None:
+        return None
+
+
+def template_bytes(maps: dict[int, dict[str, torch.Tensor]]) -> int:
+    """Bytes one image's recorded template holds."""
+    return sum(m.numel() * m.element_size() for step in maps.values() for m in step.values())
+
+
 def _discards_sample(scheduler) -> bool:
     """Whether the scheduler's next step ignores the sample it is given, so an edit of z_t there would be
     lost (only the model output would carry it): then the iteration is not guided. PNDM (diffusers'
@@ -236,3 +293,6 @@ class _SharedTemplateDenoiser:
         g.pending_template[nxt] = {name: maps_2d(m[n + len(z):], tc.subject_positions) for name, m in cap.maps.items()}
         g._advance_template(pred[n:], t_next)
         return types.SimpleNamespace(sample=pred[:n])
+
+
+guidances.register("pick-and-draw", "Pick-and-Draw: appearance picking (UREMD) + layout drawing (template maps)")(PickAndDraw)

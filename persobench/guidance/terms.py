@@ -13,15 +13,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-
-from ..core.attention import select_layers
 from ..core.config import GuidanceTermConfig, guidance_terms
 from ..core.errors import UserError
-from ..core.fitted import Fitted
-from ..core.sampling import token_positions
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: config validation imports the term files, and must not import torch
+    import torch
+
+    from ..core.fitted import Fitted
     from .pick_and_draw import GuidanceInputs
 
 
@@ -36,8 +34,10 @@ class GuidanceTerm:
 
     def __init__(self, cfg: Any, inputs: GuidanceInputs, own: Any) -> None:
         """`own`: what `inputs_from` built for this term."""
+        from ..core.attention import select_layers
+
         self.cfg, self.inp, self.own = cfg, inputs, own
-        self.layers: list[str] = select_layers(inputs.unet, cfg.layers)
+        self.layers: list[str] = select_layers(inputs.unet, cfg.layers) if getattr(cfg, "layers", None) else []
 
     @property
     def feature(self) -> str | None:
@@ -52,7 +52,10 @@ class GuidanceTerm:
     @classmethod
     def check(cls, cfg: Any, fitted: Fitted, prompts: list[str]) -> None:
         """Fail before any image is sampled: the layers exist, the prompts name what the term reads."""
-        select_layers(fitted.unet, cfg.layers)
+        from ..core.attention import select_layers
+
+        if getattr(cfg, "layers", None):
+            select_layers(fitted.unet, cfg.layers)
         cls.inputs_from(cfg, fitted, prompts)
 
     def prepare(self, step: int, t: torch.Tensor, template: dict[str, torch.Tensor]) -> Any:
@@ -72,6 +75,8 @@ def register_term(cls: type[GuidanceTerm]) -> type[GuidanceTerm]:
 
 def token_columns(tokenizer, prompts: list[str], words: list[str], what: str, fix: str) -> list[list[int]]:
     """Per prompt, the token columns of `words`; a prompt without them is a `UserError` ending with `fix`."""
+    from ..core.sampling import token_positions
+
     cols = [token_positions(tokenizer, p, words) for p in prompts]
     missing = [p for p, c in zip(prompts, cols) if not c]
     if missing:

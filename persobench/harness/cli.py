@@ -75,29 +75,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     sweeps = load_config(config_file, overrides).sweep + args.sweep
     grid = expand_sweep(sweeps) if sweeps else [[]]
     configs = [(point, load_config(config_file, overrides + point)) for point in grid]  # validate all points first
+    check = None
+    if args.shape_check:  # the same points on random-weight twins, cut to a few units each (harness/shapecheck.py)
+        if args.dry_run:
+            raise UserError("--shape-check runs the config on twins and --dry-run loads no model: give one of them")
+        from .shapecheck import ShapeCheck
+
+        check = ShapeCheck(config_file, configs, args.shape_check_scale)
+        configs = check.prepare(overrides)
+        check.print_plan()
     if not args.dry_run:
         from ..core.sources import resolve_source
 
         for _, cfg in configs:  # a missing model fails here, before the heavy imports below
             resolve_source(cfg.model.source, cfg.model.local_files_only)
-    from .runner import progress_bar, run
+    from .runner import progress_bar
 
     if args.dry_run:
-        from .worklist import unit_costs, work_list
+        from .worklist import combined_gpu_seconds, unit_costs, unit_table, work_list
 
-        total = 0.0
+        lists = []
         for point, cfg in configs:
             w = work_list(cfg)
-            total += w["gpu_hours_estimate"]
+            lists.append(w)
             print(f"point {_point_name(point)}: {w['subjects']} subjects; fits {w['fits']} (steps {w['fit_steps']}); "
                   f"{w['images']} images x {cfg.sampler.steps} steps; {w['metric_passes']} metric passes; "
                   f"~{w['gpu_hours_estimate']} GPU-hours")
             print(f"  {len(w['rows'])} table rows (method/guidance): {', '.join(w['rows'])}")
         used = list(dict.fromkeys(m for _, cfg in configs for m in cfg.methods))
-        print(f"total ~{total:.2f} GPU-hours (A100-class, SD 1.5 fp16 512 px unit costs: {unit_costs(used)})")
+        total = sum(combined_gpu_seconds(lists).values()) / 3600  # fits shared by points counted once
+        print(f"total ~{total:.2f} GPU-hours (SD 1.5 fp16 512 px unit costs, {unit_table()['source']}: {unit_costs(used)})")
         return 0
+    if check is None:
+        return _run_points(args, configs, progress_bar())
+    with check.measuring():
+        code = _run_points(args, configs, check.progress_bar())
+    check.print_summary()
+    return code
+
+
+def _run_points(args: argparse.Namespace, configs: list, bar) -> int:
+    """Every point of the run, then the report and the results table."""
+    from .runner import run
+    from .shapecheck import phase
+
     point_dirs = []
-    with progress_bar() as bar:
+    with bar:
         for point, cfg in configs:
             point_dirs.append(run(cfg, _point_name(point), progress=bar))
             bar.console.print(f"[green]point {_point_name(point)} done[/]: {point_dirs[-1]}")
@@ -108,7 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     cfg = configs[0][1]
     run_root = Path(cfg.store) / cfg.name
-    build_run_report(run_root, args.wandb or cfg.report.wandb)
+    with phase("report"):
+        build_run_report(run_root, args.wandb or cfg.report.wandb)
     if cfg.metrics.names:  # the results table (guided rows: change vs unguided), then where the report is
         print(f"\nresults ({run_root}; mean over (subject, prompt) cells; 95% intervals and live/object splits in table.md):")
         print(results_table(point_dirs))
@@ -182,9 +206,18 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..reports.build import build_run_report
+    from ..reports.build import build_run_report, finished_points, report_paths, results_table
 
-    print(build_run_report(Path(args.run), args.wandb))
+    run_root = Path(args.run)
+    page = build_run_report(run_root, args.wandb)
+    table = results_table(finished_points(run_root))  # the run's end-of-run table: deltas, a sweep's ablation path
+    if table:
+        print(f"results ({run_root}; mean over (subject, prompt) cells; 95% intervals and live/object splits in table.md):")
+        print(table)
+    for path in report_paths(run_root):
+        if path != page:
+            print(f"trade-off figure: {path}")
+    print(f"report: {page}")
     return 0
 
 
@@ -260,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", action="append", default=[], help="key=v1,v2,... (repeat for a grid); each point is a run")
     p.add_argument("--dry-run", action="store_true", help="validate and print the work list, load no model")
     p.add_argument("--wandb", choices=["offline", "online", "disabled"], default=None, help="overrides report.wandb")
+    p.add_argument("--shape-check", action="store_true",
+                   help="run the whole config on random-weight twins of its models (1 subject, 1 prompt, 1 image, 2 steps) in "
+                        "its own store; print each phase's time and memory and project the full run's")
+    p.add_argument("--shape-check-scale", type=int, default=None, metavar="D",
+                   help="twins' width divisor: 1 = the real sizes (default, or $PERSOBENCH_SHAPE_CHECK_SCALE), 8 = the CI size")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sample", help="one method, one subject, given prompts")

@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..core.atomic import write_json
 from ..core.components import load_components
-from ..core.config import RunConfig, load_config, stable_hash, to_dict
+from ..core.config import RunConfig, load_config, signature_dict, stable_hash, to_dict
 from ..core.errors import UserError
 from ..reports.metrics.spec import column, default_tolerances
 from .runner import run
@@ -31,7 +31,7 @@ GATE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "regress.yaml
 
 def gate_signature(cfg: RunConfig) -> str:
     """What a baseline is valid for: the resolved config (minus where it is stored) and the base model."""
-    data = to_dict(cfg)
+    data = signature_dict(cfg)
     data.pop("store")
     return stable_hash({"config": data, "model": load_components(cfg.model).fingerprint}, 16)
 

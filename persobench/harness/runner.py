@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import sys
@@ -18,20 +19,33 @@ from typing import Any
 
 import pandas as pd
 import torch
+from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..core.atomic import remove_stale_temps, write_json, write_parquet, write_yaml
+from ..core.atomic import remove_stale_temps, write_json, write_parquet, write_png, write_yaml
+from ..core.attention import capture_cross_attention, select_layers
 from ..core.components import SDComponents, load_components
 from ..core.config import RunConfig, stable_hash, to_dict, written
 from ..core.errors import UserError
-from ..core.sampling import decode, denoise
+from ..core.sampling import StepContext, decode, denoise, token_positions
 from ..core.schedulers import build_scheduler
-from ..core.seeding import image_seed, initial_noise
+from ..core.seeding import image_seed, initial_noise, step_seed
 from ..datasets import Subject, check_images, datasets, select_subjects
 from ..guidance import Palette, guidances
 from ..methods import Fitted, methods
 from .distributed import current_shard
-from .guided import build_hooks, check_guidance, guidance_signature, reference_palette
+from .guided import (
+    TemplateStore,
+    build_hooks,
+    check_guidance,
+    guidance_signature,
+    record_template,
+    reference_palette,
+    template_key,
+    template_layers,
+    template_recorder,
+)
+from .shapecheck import guard_store, phase
 from .store import RunStore, file_lock, subject_slug
 from .worklist import batch_seconds, fit_seconds
 
@@ -97,24 +111,140 @@ def fit_subject(store: RunStore, personalizer, components: SDComponents, subject
     return fitted, key
 
 
-def generate(fitted: Fitted, cfg: RunConfig, jobs: Sequence[ImageJob], guidance: str = "none", palette: Palette | None = None):
-    """Sample one batch of images for one fitted subject; each image's noise comes from its own seed."""
+SUBJECT_MASK_LAYERS = ["up"]  # the decoder's cross-attention layers, every resolution (core/attention.py::select_layers)
+
+
+class SubjectMaskRecorder:
+    """Records where each image's subject is, for the subject-region metrics (`dino-subject`, reports/metrics/scores.py):
+    at the loop's middle iteration (`len(scheduler.timesteps) // 2`: step 10 of DDIM 20) it watches the main forward
+    and keeps the head-averaged cross-attention of the class noun's token columns (the identifier's when the prompt
+    has no class noun) in the conditional rows, on the decoder's cross-attention layers (`SUBJECT_MASK_LAYERS`), each
+    upsampled bilinearly to the latent grid and averaged. `masks()`: per image a grey image at latent resolution, the
+    map's log min-max scaled to 0..255 (the metric keeps >= 0.4 x 255). The layers' outputs are left to their own
+    processors (`capture_cross_attention(observe=True)`), so the images do not change by a bit. Recipe: DAAM's
+    (Tang et al., ACL 2023: a word's cross-attention upsampled and aggregated over layers, then thresholded),
+    at one step and on the decoder's layers; calibrated on ToyBench's references (scores.py::ATTENTION_MASK_THRESHOLD)."""
+
+    def __init__(self, unet: torch.nn.Module, columns: list[list[int]], latent_hw: tuple[int, int]) -> None:
+        self.unet, self.columns, self.hw = unet, columns, latent_hw
+        self.layers = select_layers(unet, SUBJECT_MASK_LAYERS)
+        self.current_step, self.at = 0, -1
+        self.maps: list[torch.Tensor | None] = [None] * len(columns)
+
+    def __call__(self, step: int, t: torch.Tensor, latents: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        if step == 0:
+            self.at = len(ctx.scheduler.timesteps) // 2
+        self.current_step = step
+        return latents
+
+    def wrap_denoiser(self, model):
+        """Outermost: `model` may be another hook's wrapper (the vanilla template's recorder observes inside it)."""
+
+        def observed(sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
+            if self.current_step != self.at:
+                return model(sample, timestep, encoder_hidden_states=encoder_hidden_states)
+            with capture_cross_attention(self.unet, self.layers, observe=True) as cap:
+                out = model(sample, timestep, encoder_hidden_states=encoder_hidden_states)
+            self._keep(cap.maps, len(sample))
+            return out
+
+        return observed
+
+    @torch.no_grad()
+    def _keep(self, maps: dict[str, torch.Tensor], rows: int) -> None:
+        n = len(self.columns)  # CFG rows are [uncond | cond]; rows past the main batch are another hook's
+        grids = []
+        for m in maps.values():
+            cond = m[rows - n : rows].float()
+            side = int(round(cond.shape[1] ** 0.5))
+            if side * side != cond.shape[1]:
+                continue
+            per = torch.stack([cond[b][:, c].mean(-1) if c else torch.zeros(cond.shape[1], device=cond.device)
+                               for b, c in enumerate(self.columns)])
+            grids.append(torch.nn.functional.interpolate(per.reshape(n, 1, side, side), size=self.hw, mode="bilinear")[:, 0])
+        if grids:
+            mean = torch.stack(grids).mean(0).cpu()
+            self.maps = [mean[b] if self.columns[b] else None for b in range(n)]
+
+    def finish(self) -> None:
+        return None
+
+    def masks(self) -> list:
+        """Per image the grey map (PIL, latent resolution), or None (no subject token, or a flat map)."""
+        out = []
+        for m in self.maps:
+            if m is None:
+                out.append(None)
+                continue
+            log = m.clamp_min(1e-8).log()
+            lo, hi = log.min(), log.max()
+            out.append(None if hi <= lo else Image.fromarray(((log - lo) / (hi - lo) * 255).round().byte().numpy()))
+        return out
+
+
+def subject_columns(fitted: Fitted, prompts: list[str]) -> list[list[int]]:
+    """Per prompt, the class noun's token columns, or the identifier's where the method's wording omits the noun."""
+    noun = [token_positions(fitted.tokenizer, p, [fitted.subject.class_noun]) for p in prompts]
+    return [c or token_positions(fitted.tokenizer, p, fitted.subject_words) for c, p in zip(noun, prompts)]
+
+
+def mask_path(store: RunStore, image: Path) -> Path:
+    """An image's recorded subject map: the image's path with `masks/` for `images/` (`<run>/masks/<method>/<subject>/
+    <sample key>/<image name>.png`), so `images/` keeps holding the generated images only."""
+    return store.root / "masks" / image.relative_to(store.root / "images")
+
+
+def _keep_only(personalizers: dict[str, Any], method_name: str) -> None:
+    """Drop every other method's personalizer (and collect), so its weights are freed before the next loads."""
+    for name in [name for name in personalizers if name != method_name]:
+        del personalizers[name]
+    gc.collect()
+
+
+def generate(fitted: Fitted, cfg: RunConfig, jobs: Sequence[ImageJob], guidance: str = "none", palette: Palette | None = None,
+             templates: TemplateStore | None = None, masks: bool = False):
+    """Sample one batch of images for one fitted subject; each image's noise comes from its own seed.
+
+    `templates`: where the vanilla template's maps are kept (the run store). A guided batch reads its images'
+    templates from there, recording them first with one plain pass of the base model when missing; a plain
+    batch that is the template itself (vanilla SD) records them as it samples, at no cost to its images.
+    Without it (the Python API's `sample`) the guidance hook runs the template itself.
+    `masks`: also record each image's subject map (`SubjectMaskRecorder`, the images unchanged) and return
+    (prompts, images, maps) instead of (prompts, images)."""
     c = fitted.components
     res = resolution(cfg, c)
     shape = (c.latent_shape[0], res // c.vae_scale, res // c.vae_scale)
     prompts = [fitted.prompt(j.template) for j in jobs]
     cond = fitted.encode(prompts, cfg.sampler.negative_prompt)
     latents = initial_noise([j.seed for j in jobs], shape).to(c.device, c.dtype)
-    step_seeds = [j.seed ^ 0x5EED for j in jobs]
+    step_seeds = [step_seed(j.seed) for j in jobs]
     gens = [torch.Generator("cpu").manual_seed(s) for s in step_seeds]
     scheduler = build_scheduler(cfg.sampler.scheduler, c.scheduler_config)
-    hooks = build_hooks(guidance, cfg, fitted, prompts, [j.template for j in jobs], cond, latents, palette, step_seeds)
+    templates_of = [j.template for j in jobs]
+    layers = template_layers(cfg, c.unet) if templates is not None else []
+    keys = [template_key(cfg, c, res, fitted.clip_text(j.template), j.seed, layers) for j in jobs] if layers else []
+    stored, recorder = None, None
+    if keys and guidance != "none":
+        stored = templates.get(keys)
+        if stored is None:
+            stored = record_template(cfg, fitted, templates_of, [j.seed for j in jobs], shape)
+            templates.put(keys, stored)
+    elif keys and templates.get(keys) is None:
+        recorder = template_recorder(cfg, fitted, prompts, templates_of)
+    hooks = build_hooks(guidance, cfg, fitted, prompts, templates_of, cond, latents, palette, step_seeds, stored)
+    hooks += [recorder] if recorder is not None else []
+    subject_maps = SubjectMaskRecorder(fitted.unet, subject_columns(fitted, prompts), shape[1:]) if masks else None
+    hooks += [subject_maps] if subject_maps is not None else []  # last: its wrapper is the outermost
     out = denoise(fitted.unet, scheduler, latents, cond, cfg.sampler.steps, cfg.sampler.cfg_scale, cfg.sampler.eta, hooks, gens)
     for hook in hooks:
         hook.finish()
+    if recorder is not None:
+        templates.put(keys, recorder.maps)
     if not torch.isfinite(out).all():
         bad = [j.path.name for j, ok in zip(jobs, torch.isfinite(out).flatten(1).all(1).tolist()) if not ok]
         raise UserError(f"sampling produced NaN/inf latents for {bad}; lower sampler.cfg_scale or use model.dtype=fp32")
+    if subject_maps is not None:
+        return prompts, decode(c.vae, out), subject_maps.masks()
     return prompts, decode(c.vae, out)
 
 
@@ -141,10 +271,13 @@ def chunks(items: Sequence, n: int) -> Iterator[Sequence]:
 def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -> Path:
     """Fit, sample and record one operating point; returns its folder in the store."""
     cfg, bench, subjects = preflight(cfg)
+    guard_store(cfg)  # a store made with random-weight twins (--shape-check) never mixes with real runs, and vice versa
     personalizer_types = [methods.get(m) for m in cfg.methods]
-    components = load_components(cfg.model)
+    with phase("load base model"):
+        components = load_components(cfg.model)
     store = RunStore(Path(cfg.store) / cfg.name)
     point_dir = store.point_dir(point)
+    templates = TemplateStore(store.root / "cache" / "templates")  # the vanilla template, recorded once per image
     if current_shard().is_main:
         remove_stale_temps(store.root)  # what a SIGKILL mid-write left behind
         write_yaml(point_dir / "config.yaml", to_dict(cfg))
@@ -166,16 +299,20 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
         share = {"fit units": len(mine), "images": 0}  # what this process did, reported per rank when sharded
         task = bar.add_task("fit", total=len(mine))
         for method_name, make, subject in mine:  # fit jobs by (method, subject)
-            fitted, _ = fit_subject(store, personalizer_for(method_name, make), components, subject, cfg.seed, bar)
-            for guidance in guidance_settings(cfg):
-                check_guidance(guidance, cfg, fitted, templates_for(cfg, bench, subject))
+            with phase("load method", method_name):
+                personalizer = personalizer_for(method_name, make)
+            with phase("fit", method_name):
+                fitted, _ = fit_subject(store, personalizer, components, subject, cfg.seed, bar)
+                for guidance in guidance_settings(cfg):
+                    check_guidance(guidance, cfg, fitted, templates_for(cfg, bench, subject))
             bar.advance(task)
         shard.barrier()
         task = bar.add_task("sample", total=len(units))
         all_jobs: list[ImageJob] = []
         batches = []  # (unit index, guidance, sample key, batch) over the whole point
+        keys = {}  # unit index -> fit key
         for u, (method_name, make, subject) in enumerate(units):
-            key = fit_key(personalizer_for(method_name, make), components, subject, cfg.seed)
+            key = keys[u] = fit_key(personalizer_for(method_name, make), components, subject, cfg.seed)
             for guidance in guidance_settings(cfg):
                 sample_key = stable_hash(sample_signature(cfg, components, key, guidance))
                 jobs = image_jobs(cfg, bench, store, method_name, subject, sample_key)
@@ -186,26 +323,38 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
                 # (a guided batch weighs its guided/plain ratio), and each process skips what is done.
                 batches += [(u, guidance, sample_key, b) for b in chunks(jobs, cfg.sampler.batch_size)]
         mine_batches = shard.assign(batches, [batch_seconds(cfg, len(b), g) for _, g, _, b in batches])
+        fitted = None
         for u, (method_name, make, subject) in enumerate(units):  # sample jobs by image
-            personalizer = personalizer_for(method_name, make)
-            key = fit_key(personalizer, components, subject, cfg.seed)
+            key = keys[u]
             todo = []
             for guidance in guidance_settings(cfg):
                 mine = [b for v, g, _, b in mine_batches if v == u and g == guidance and not all(store.is_done(j.path) for j in b)]
                 todo += [(guidance, next(k for v, g, k, _ in batches if v == u and g == guidance), mine)] if mine else []
             if todo:  # a warm re-run loads no fit at all
-                fitted, _ = fit_subject(store, personalizer, components, subject, cfg.seed, bar)
+                # one method's weights resident at a time (units are method-major): BLIP-Diffusion's backend or a
+                # LoRA copy of the UNet is let go before the next method loads (issue 15: the peak at real shapes)
+                if any(name != method_name for name in personalizers):
+                    fitted = personalizer = palette = None  # the previous method's last references
+                    _keep_only(personalizers, method_name)
+                personalizer = personalizer_for(method_name, make)
+                with phase("load fit", method_name):
+                    fitted, _ = fit_subject(store, personalizer, components, subject, cfg.seed, bar)
             for guidance, sample_key, mine in todo:
                 palette = None
                 if guidance != "none" and cfg.guidance.palette_term() is not None:
-                    palette = reference_palette(fitted, cfg, key, store.root / "cache" / "inversions")
+                    with phase("inversion", method_name):
+                        palette = reference_palette(fitted, cfg, key, store.root / "cache" / "inversions")
                 for batch in mine:
                     started = time.perf_counter()
-                    prompts, images = generate(fitted, cfg, batch, guidance, palette)
+                    with phase("sampling" if guidance == "none" else "guided sampling", method_name, images=len(batch)):
+                        prompts, images, maps = generate(fitted, cfg, batch, guidance, palette, templates, masks=True)
                     per_image = (time.perf_counter() - started) / len(batch)
-                    for job, prompt, image in zip(batch, prompts, images):
+                    for job, prompt, image, subject_map in zip(batch, prompts, images, maps):
                         if not store.is_done(job.path):
-                            record = _record(cfg, store, job, fitted, prompt, key, sample_key, per_image, guidance)
+                            if subject_map is not None:  # before the image and its record: a done image has its map
+                                write_png(mask_path(store, job.path), subject_map)
+                            record = _record(cfg, store, job, fitted, prompt, key, sample_key, per_image, guidance,
+                                             mask_path(store, job.path) if subject_map is not None else None)
                             store.save_image(job.path, image, record)
                             share["images"] += 1
             bar.advance(task)
@@ -215,13 +364,15 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
         shard.barrier()
     frame = pd.DataFrame.from_records([store.read_record(j.path) for j in all_jobs])
     if cfg.metrics.names:  # metric jobs by image: each process scores its rows, rank 0 merges
-        score(cfg, frame, store, point_dir, bench, subjects, shard)
+        with phase("metrics", images=len(frame)):
+            score(cfg, frame, store, point_dir, bench, subjects, shard)
     if not shard.is_main:
         return point_dir
-    write_parquet(point_dir / "records.parquet", frame)
-    from ..reports.summary import write_summary
+    with phase("tables"):
+        write_parquet(point_dir / "records.parquet", frame)
+        from ..reports.summary import write_summary
 
-    write_summary(store.root, point_dir)
+        write_summary(store.root, point_dir)
     return point_dir
 
 
@@ -241,7 +392,7 @@ def preflight(cfg: RunConfig, weights: bool = True) -> tuple[RunConfig, Any, lis
     bench = datasets.get(cfg.dataset.name)(cfg.dataset)
     subjects = check_images(select_subjects(bench, cfg.dataset), cfg.dataset.skip_bad_images)
     check_subjects(cfg, subjects)
-    cfg = applicable_metrics(cfg, bench)
+    cfg = applicable_metrics(cfg, bench, subjects)
     if weights:
         check_metrics(cfg)
     check_store(Path(cfg.store), cfg.name)
@@ -265,12 +416,24 @@ def check_subjects(cfg: RunConfig, subjects: list[Subject]) -> None:
                             "rename one of their folders")
 
 
-def applicable_metrics(cfg: RunConfig, bench) -> RunConfig:
+def applicable_metrics(cfg: RunConfig, bench, subjects: list[Subject] | None = None) -> RunConfig:
     """The config without the metrics whose ground truth the data lacks (the toy world's oracle needs ToyBench's
-    ground_truth.json): dropped with one notice line when they came from the defaults, refused when the user
+    ground_truth.json) or whose reference masks it lacks (the subject-region metrics read one beside each
+    reference image): dropped with one notice line when they came from the defaults, refused when the user
     named metrics.names."""
+    from ..reports.metrics.scores import missing_reference_masks, reference_masks_error
     from ..reports.metrics.spec import metrics
 
+    masked = [n for n in cfg.metrics.names if metrics.get(n).needs_reference_masks]
+    subjects = list(bench.subjects) if subjects is None else subjects
+    unmasked = [s.name for s in subjects if missing_reference_masks(s, cfg.metrics.reference_set)] if masked else []
+    no_masks = masked if unmasked else []
+    if no_masks and written(cfg, "metrics.names"):
+        raise UserError(reference_masks_error(no_masks, bench.name, unmasked))
+    if no_masks:
+        logger.warning("metric(s) %s not scored: dataset '%s' has no reference masks for subject(s) %s",
+                       ", ".join(no_masks), bench.name, ", ".join(unmasked[:5]))
+        cfg = _without_metrics(cfg, no_masks)
     lacking = [n for n in cfg.metrics.names if metrics.get(n).needs_ground_truth and bench.ground_truth is None]
     if not lacking:
         return cfg
@@ -279,8 +442,12 @@ def applicable_metrics(cfg: RunConfig, bench) -> RunConfig:
                         "remove them from metrics.names, or use dataset.name=toybench")
     logger.warning("metric(s) %s not scored: dataset '%s' has no ground truth for them (ToyBench's ground_truth.json)",
                    ", ".join(lacking), bench.name)
-    names = [n for n in cfg.metrics.names if n not in lacking]
-    trimmed = dataclasses.replace(cfg, metrics=dataclasses.replace(cfg.metrics, names=names))
+    return _without_metrics(cfg, lacking)
+
+
+def _without_metrics(cfg: RunConfig, names: list[str]) -> RunConfig:
+    kept = [n for n in cfg.metrics.names if n not in names]
+    trimmed = dataclasses.replace(cfg, metrics=dataclasses.replace(cfg.metrics, names=kept))
     trimmed.written_keys = getattr(cfg, "written_keys", None)
     return trimmed
 
@@ -329,7 +496,7 @@ def score(cfg: RunConfig, frame: pd.DataFrame, store: RunStore, point_dir: Path,
     from ..reports.metrics.scores import protocol
 
     write_json(point_dir / "metrics_protocol.json", protocol(cfg.metrics))
-    write_tables(point_dir, part, cfg.metrics.bootstrap)
+    write_tables(point_dir, part, cfg.metrics.bootstrap, cfg.metrics.baseline_method)  # + deltas.csv
     return part
 
 
@@ -343,7 +510,7 @@ def guidance_settings(cfg: RunConfig) -> list[str]:
 
 
 def _record(cfg: RunConfig, store: RunStore, job: ImageJob, fitted: Fitted, prompt: str, fit_key: str, sample_key: str,
-            seconds: float, guidance: str) -> dict:
+            seconds: float, guidance: str, mask: Path | None = None) -> dict:
     return {
         "method": job.method,
         "subject": job.subject.name,
@@ -360,6 +527,7 @@ def _record(cfg: RunConfig, store: RunStore, job: ImageJob, fitted: Fitted, prom
         "guidance": guidance,
         "guidance_hash": stable_hash(guidance_signature(cfg.guidance, guidance)),
         "image": store.relative(job.path),
+        "mask": store.relative(mask) if mask is not None else None,  # the subject map (SubjectMaskRecorder); None: none
         "reference": str(job.subject.image_paths[0].resolve()),
         "seconds": round(seconds, 4),
     }

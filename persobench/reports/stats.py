@@ -31,6 +31,7 @@ PROMPT = "prompt_template"
 PAIR_KEYS = (SUBJECT, PROMPT, "index")  # + "seed" when the frame has it
 HIERARCHICAL = ("subject", "prompt")
 SUBJECT_ONLY = ("subject",)
+WEIGHTS = ("subject", "cell")  # every subject the same weight / every (subject, prompt) cell the same weight
 _CHUNK_ELEMENTS = 4_000_000  # resample array elements per chunk: bounds memory for large n x subjects x prompts
 
 
@@ -60,19 +61,27 @@ def _pack(cells: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return values, counts
 
 
-def _point_estimate(values: np.ndarray, counts: np.ndarray) -> float:
-    """Mean over subjects of (mean over the subject's prompts of the cell means)."""
+def _point_estimate(values: np.ndarray, counts: np.ndarray, weights: str = "subject") -> float:
+    """weights="subject": mean over subjects of (mean over the subject's prompts of the cell means);
+    "cell": mean of all cell means (a subject weighs as many prompts as it has). Equal when every
+    subject has the same number of cells."""
     if len(counts) == 0:
         return float("nan")
+    if weights == "cell":
+        return float(np.nansum(values) / counts.sum())
     return float(np.mean(np.nansum(values, axis=1) / counts))
 
 
-def _resample(values: np.ndarray, counts: np.ndarray, n: int, rng: np.random.Generator, levels: tuple[str, ...]) -> np.ndarray:
+def _resample(values: np.ndarray, counts: np.ndarray, n: int, rng: np.random.Generator, levels: tuple[str, ...],
+              weights: str = "subject") -> np.ndarray:
     """`n` bootstrap replicates of the point estimate. Subjects are drawn with replacement; with the
     prompt level, each drawn subject's prompts are drawn with replacement from its own cells (as many
-    as it has), so a subject keeps its weight whatever its number of prompts."""
+    as it has), so a subject keeps its weight whatever its number of prompts. weights="cell": each
+    replicate is the mean of every drawn cell (sum over the drawn subjects' drawn cells / their count),
+    the ratio estimator of the all-cells mean; the draws are the same as with "subject"."""
     n_subj, width = values.shape
-    subject_means = np.nansum(values, axis=1) / counts
+    subject_sums = np.nansum(values, axis=1)
+    subject_means = subject_sums / counts
     out = np.empty(n)
     per_rep = n_subj * (width if "prompt" in levels else 1)
     step = max(1, _CHUNK_ELEMENTS // max(per_rep, 1))
@@ -80,30 +89,40 @@ def _resample(values: np.ndarray, counts: np.ndarray, n: int, rng: np.random.Gen
         m = min(step, n - start)
         drawn = rng.integers(0, n_subj, size=(m, n_subj))
         if "prompt" not in levels:
-            out[start:start + m] = subject_means[drawn].mean(axis=1)
+            if weights == "cell":
+                out[start:start + m] = subject_sums[drawn].sum(axis=1) / counts[drawn].sum(axis=1)
+            else:
+                out[start:start + m] = subject_means[drawn].mean(axis=1)
             continue
         k = counts[drawn][..., None]  # (m, S, 1): cell count of each drawn subject
         pick = rng.integers(0, k, size=(m, n_subj, width))  # a prompt slot of that subject, per draw
         vals = values[drawn[..., None], pick]
         used = np.arange(width) < k  # draw only as many prompts as the subject has
-        out[start:start + m] = (np.where(used, vals, 0.0).sum(axis=2) / k[..., 0]).mean(axis=1)
+        sums = np.where(used, vals, 0.0).sum(axis=2)
+        if weights == "cell":
+            out[start:start + m] = sums.sum(axis=1) / k[..., 0].sum(axis=1)
+        else:
+            out[start:start + m] = (sums / k[..., 0]).mean(axis=1)
     return out
 
 
 def bootstrap_distribution(
-    frame: pd.DataFrame, metric: str, n: int = 1000, seed: int = 0, levels: Sequence[str] = HIERARCHICAL
+    frame: pd.DataFrame, metric: str, n: int = 1000, seed: int = 0, levels: Sequence[str] = HIERARCHICAL,
+    weights: str = "subject",
 ) -> tuple[float, np.ndarray, int]:
     """(point estimate, `n` bootstrap replicates, number of subjects) for one metric.
 
     Exposed beside `hierarchical_bootstrap` for callers that combine replicates (e.g. the unpaired
-    difference of two arms resampled independently). `levels` as in `hierarchical_bootstrap`.
+    difference of two arms resampled independently). `levels` and `weights` as in `hierarchical_bootstrap`.
     Replicates are empty when there are fewer than 2 subjects or `n` is 0."""
     levels = _check_levels(levels)
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     values, counts = _pack(cell_means(frame, metric))
-    estimate = _point_estimate(values, counts)
+    estimate = _point_estimate(values, counts, weights)
     if n <= 0 or len(counts) < 2:
         return estimate, np.empty(0), len(counts)
-    return estimate, _resample(values, counts, n, np.random.default_rng(seed), levels), len(counts)
+    return estimate, _resample(values, counts, n, np.random.default_rng(seed), levels, weights), len(counts)
 
 
 def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -116,7 +135,8 @@ def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[fl
 
 
 def hierarchical_bootstrap(
-    frame: pd.DataFrame, metric: str, n: int = 1000, seed: int = 0, level: float = 0.95, levels: Sequence[str] = HIERARCHICAL
+    frame: pd.DataFrame, metric: str, n: int = 1000, seed: int = 0, level: float = 0.95, levels: Sequence[str] = HIERARCHICAL,
+    weights: str = "subject",
 ) -> tuple[float, float, float]:
     """(mean, lo, hi) of `metric` over one arm (one method and operating point: filter the frame first),
     with a two-stage percentile bootstrap interval.
@@ -136,8 +156,13 @@ def hierarchical_bootstrap(
     `levels=("subject",)` resamples subjects only (each at its fixed mean over prompts): the one-level
     bootstrap, identical in distribution to `scipy.stats.bootstrap(subject_means, np.mean,
     method="percentile")`. Fewer than 2 subjects (or `n=0`): the interval is NaN, the mean is defined.
+
+    `weights="cell"` makes the estimate the plain mean of the cell means (a subject with more scored
+    prompts weighs more; the tables' mean, which the regression gate compares) and each replicate the
+    mean of its drawn cells; the resampling is the same. With every subject holding the same number of
+    cells (a balanced design) both weightings give the same estimate and the same replicates.
     """
-    estimate, replicates, _ = bootstrap_distribution(frame, metric, n, seed, levels)
+    estimate, replicates, _ = bootstrap_distribution(frame, metric, n, seed, levels, weights)
     return (estimate, *percentile_interval(replicates, level))
 
 
@@ -217,6 +242,7 @@ def paired_deltas(
     n: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    weights: str = "subject",
 ) -> pd.DataFrame:
     """Paired `treatment - control` deltas with hierarchical bootstrap intervals, per `within` group.
 
@@ -230,7 +256,9 @@ def paired_deltas(
     In each group the two arms are paired image by image (`paired_differences`; ValueError on rows
     that do not pair one-to-one), and the per-image differences go through `hierarchical_bootstrap`:
     delta is its point estimate (subject-equal-weight mean of the differences), lo / hi its interval.
-    Every (group, treatment) uses the same `seed`, so deltas are reproducible one by one.
+    Every (group, treatment) uses the same `seed`, so deltas are reproducible one by one. `weights` as
+    in `hierarchical_bootstrap` ("cell": the delta is the difference of the two arms' all-cells means
+    when both are defined on the same cells).
 
     Returns columns: *within, treatment, control, metric, delta, lo, hi, n_subjects (subjects with a
     defined difference), n_pairs (image pairs with a defined difference), excludes_zero (lo > 0 or
@@ -252,7 +280,7 @@ def paired_deltas(
         for arm in arms:
             diffs = paired_differences(group, metrics, column, arm, control, label)
             for m in metrics:
-                delta, lo, hi = hierarchical_bootstrap(diffs, m, n=n, seed=seed, level=level)
+                delta, lo, hi = hierarchical_bootstrap(diffs, m, n=n, seed=seed, level=level, weights=weights)
                 rows.append({
                     **dict(zip(within, key)), "treatment": arm, "control": control, "metric": m,
                     "delta": delta, "lo": lo, "hi": hi,

@@ -9,22 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..core.clip_bpe import bytes_to_unicode
 from .world import vocabulary_words
 
 MODEL_MAX_LENGTH = 24
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP's reversible byte -> printable unicode table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
 
 
 def build_tokenizer_files(out: Path, words: list[str] | None = None) -> Path:
@@ -48,7 +36,7 @@ def build_tokenizer_files(out: Path, words: list[str] | None = None) -> Path:
 
 def _write_files(out: Path, words: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    symbols = list(_bytes_to_unicode().values())
+    symbols = list(bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for s in symbols:
         vocab.setdefault(s, len(vocab))

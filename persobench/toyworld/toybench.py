@@ -2,7 +2,10 @@
 
 The DreamBench loader reads it unchanged. Each subject is one instance (fixed identity) shown in
 4-6 reference images with varied poses and contexts; its ground truth is kept in `ground_truth.json`
-beside the prompts file (an extra file DreamBench's loader ignores) for the oracle metrics.
+beside the prompts file (an extra file DreamBench's loader ignores) for the oracle metrics. Each reference
+image's subject mask (the renderer's, accessories included) is `masks/<subject>/<image stem>.png` (grey, 255 =
+subject), the layout the subject-region metrics read (`reports/metrics/scores.py::reference_mask_path`); it is
+beside the subject folders, not in them, so the masks change no subject's images or content hash.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..core.atomic import write_bytes, write_text
+from ..reports.metrics.scores import reference_mask_path
 from .render import render
 from .world import ACCESSORIES, CLASSES, CONTEXTS, PROMPT_CONTEXTS, Identity, Pose, Scene
 
@@ -69,6 +73,13 @@ def prompts_and_classes(subjects: list[tuple[str, Identity]]) -> str:
     return "\n".join(lines)
 
 
+def mask_png(mask) -> bytes:
+    """A boolean subject mask as a grey PNG (0 background, 255 subject)."""
+    buf = io.BytesIO()
+    Image.fromarray(mask.astype("uint8") * 255).save(buf, format="PNG")  # 2-D uint8: mode L
+    return buf.getvalue()
+
+
 def export_toybench(out: Path, per_class: int = 4, references: int = 5, seed: int = 2024, size: int = 64) -> Path:
     """Write ToyBench to `out` (JPEG quality 95, as the downscaled DreamBench copy)."""
     subjects = toybench_subjects(per_class, seed)
@@ -76,9 +87,11 @@ def export_toybench(out: Path, per_class: int = 4, references: int = 5, seed: in
     for name, ident in subjects:
         scenes = reference_scenes(name, ident, references, seed)
         for i, scene in enumerate(scenes):
+            rendered = render(scene, size)
             buf = io.BytesIO()
-            Image.fromarray(render(scene, size).image).save(buf, format="JPEG", quality=95)
+            Image.fromarray(rendered.image).save(buf, format="JPEG", quality=95)
             write_bytes(out / name / f"{i:02d}.jpg", buf.getvalue())
+            write_bytes(reference_mask_path(out / name / f"{i:02d}.jpg"), mask_png(rendered.mask))
         truth[name] = {"identity": dataclasses.asdict(ident), "references": [dataclasses.asdict(s) for s in scenes]}
     write_text(out / "prompts_and_classes.txt", prompts_and_classes(subjects))
     write_text(out / "ground_truth.json", json.dumps(truth, indent=1))

@@ -49,6 +49,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..core.atomic import pid_alive
 from ..core.errors import UserError
 from . import configs as C
 from .tokenizers import write_bert_tokenizer, write_clip_tokenizer
@@ -350,16 +351,6 @@ def _versions() -> dict[str, str]:
 # --------------------------------------------------------------------------------------------------------------
 # building and caching
 # --------------------------------------------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_dead_partials(final: Path) -> None:
     """Temporary folders of builds whose process is gone (killed mid-build) are removed."""
     for partial in final.parent.glob(f".{final.name}.partial-*"):
@@ -367,7 +358,7 @@ def _remove_dead_partials(final: Path) -> None:
             pid = int(partial.name.split(".partial-", 1)[1].split("-", 1)[0])
         except ValueError:
             continue
-        if pid != os.getpid() and not _pid_alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             logger.info("removing the unfinished twin build %s", partial)
             shutil.rmtree(partial, ignore_errors=True)
 

@@ -10,9 +10,8 @@ way OpenAI's `SimpleTokenizer.__init__` builds it (copied in open_clip/tokenizer
            + ["".join(m) for m in merges]                         # one token per merge, in merge order
            + ["<|startoftext|>", "<|endoftext|>"]                 # 49406, 49407
 
-merges.txt is "#version: 0.2" and the merges, one "a b" pair per line. The byte table is the toy world's
-(`persobench/toyworld/tokenizer.py::_bytes_to_unicode`, CLIP's reversible table), written again here rather than
-imported (the toy world is a plugin nothing outside it imports).
+merges.txt is "#version: 0.2" and the merges, one "a b" pair per line. The byte table is CLIP's reversible one
+(`core/clip_bpe.py`, shared with the toy world's tokenizer).
 
 BERT (the Q-Former's tokenizer, `bert-base-uncased`, which the Salesforce/blipdiffusion folder does not contain and
 this environment does not have): a synthetic WordPiece vocabulary of the real size (30,522) with the real special-token
@@ -27,22 +26,10 @@ import json
 import string
 from pathlib import Path
 
+from ..core.clip_bpe import bytes_to_unicode
 from .configs import BERT_VOCAB_SIZE, SD15_SPECIAL_TOKENS_MAP, SD15_TOKENIZER_CONFIG
 
 CLIP_NUM_MERGES = 49152 - 256 - 2  # OpenAI's SimpleTokenizer reads lines[1 : 49152 - 256 - 2 + 1]
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP's reversible byte -> printable unicode table (OpenAI CLIP simple_tokenizer.py)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
 
 
 def open_clip_bpe_path() -> Path:

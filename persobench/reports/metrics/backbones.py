@@ -30,6 +30,7 @@ from PIL import Image
 
 from ...core.errors import UserError
 from ...core.registry import Registry
+from ...core.sources import TWIN_MARKER, TWIN_PREFIX, twin_folder
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -233,13 +234,17 @@ def _timm_dir(name: str, folder: Path, fingerprint: str) -> Backbone:
 
 
 def weights_fingerprint(path: Path) -> str:
-    """SHA-256 of the weight bytes (every file of a folder, with its name): what a cached embedding depends on."""
+    """SHA-256 of the weight bytes (every file of a folder, with its name): what a cached embedding depends on. Weights
+    of a random-weight twin (persobench/twins) also hash its marker and fingerprint as 'twin-...': never a real model's."""
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    twin = twin_folder(path)
+    if twin is not None and twin / TWIN_MARKER not in files:
+        files.append(twin / TWIN_MARKER)
     h = hashlib.sha256()
     for p in files:
         st = p.stat()
         h.update(p.name.encode() + b"\0" + _file_digest(str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino))
-    return h.hexdigest()[:16]
+    return ("" if twin is None else TWIN_PREFIX) + h.hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=64)

@@ -36,6 +36,7 @@ class Column:
     tolerance: float = 0.02  # the regression gate's default |drift| allowance (a baseline's own tolerances win)
     aggregation: str = "mean"
     axis: str | None = None  # "subject" | "text": a trade-off-curve axis (both axes must be higher-is-better)
+    beside: str | None = None  # a variant of another column, shown right after it in the tables ("dino_subject" beside "dino")
 
     def __post_init__(self) -> None:
         if self.aggregation not in AGGREGATIONS:
@@ -46,6 +47,8 @@ class Column:
             raise ValueError(f"metric column {self.name!r}: a trade-off axis must be higher is better (the Pareto front assumes it)")
         if self.tolerance < 0:
             raise ValueError(f"metric column {self.name!r}: tolerance must be >= 0, got {self.tolerance}")
+        if self.beside == self.name:
+            raise ValueError(f"metric column {self.name!r} cannot be shown beside itself")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,13 +57,16 @@ class MetricSpec:
     record. `backbones`: the `metrics.<kind>_backbone` fields it embeds with ("dino", "clip"), whose weights
     the run checks before any work and whose fingerprints go into metrics_protocol.json. `needs_ground_truth`:
     it reads the dataset's ground truth (ToyBench's ground_truth.json); on data without one the run drops it
-    before any work (a default) or refuses (named in metrics.names)."""
+    before any work (a default) or refuses (named in metrics.names). `needs_reference_masks`: it reads a subject
+    mask for each reference image (`masks/<subject>/<image stem>.png`, scores.py::reference_mask_path; ToyBench
+    ships them); on data without them the run drops or refuses it the same way."""
 
     name: str
     function: Callable[[Any, pd.DataFrame], pd.DataFrame]
     columns: tuple[Column, ...]
     backbones: tuple[str, ...] = ()
     needs_ground_truth: bool = False
+    needs_reference_masks: bool = False
 
     def __post_init__(self) -> None:
         if not self.columns:
@@ -80,25 +86,36 @@ class MetricSpec:
 metrics: Registry[MetricSpec] = Registry("metric", builtins=("persobench.reports.metrics.scores",))
 
 
-def register_metric(name: str, doc: str | None, *columns: Column, backbones: tuple[str, ...] = ()):
+def register_metric(name: str, doc: str | None, *columns: Column, backbones: tuple[str, ...] = (),
+                    needs_reference_masks: bool = False):
     """Decorator: register `function` as metric `name` with these columns; returns the function unchanged."""
 
     def add(function: Callable[[Any, pd.DataFrame], pd.DataFrame]):
-        metrics.register(name, doc or function.__doc__)(MetricSpec(name, function, tuple(columns), backbones))
+        metrics.register(name, doc or function.__doc__)(
+            MetricSpec(name, function, tuple(columns), backbones, needs_reference_masks=needs_reference_masks))
         return function
 
     return add
 
 
 def metric_columns() -> list[Column]:
-    """Every registered metric's columns, in registration order (the tables' column order)."""
-    return [c for spec in metrics.values() for c in spec.columns]
+    """Every registered metric's columns, in registration order, the variants shown `beside` another column last
+    (so the paper's columns keep their places whatever variants are registered)."""
+    columns = [c for spec in metrics.values() for c in spec.columns]
+    return [c for c in columns if c.beside is None] + [c for c in columns if c.beside is not None]
 
 
 def present_columns(frame_columns) -> list[Column]:
-    """The registered columns a scores / table frame holds, in registration order."""
+    """The registered columns a scores / table frame holds, in the tables' order: registration order, each
+    `beside` variant right after the column it varies when that one is there too (DINO, DINO (subject), CLIP-I)."""
     have = set(frame_columns)
-    return [c for c in metric_columns() if c.name in have]
+    present = [c for c in metric_columns() if c.name in have]
+    out = [c for c in present if c.beside is None or c.beside not in have]
+    for c in present:
+        if c not in out:
+            at = max(i for i, o in enumerate(out) if o.name == c.beside or o.beside == c.beside)
+            out.insert(at + 1, c)
+    return out
 
 
 def default_tolerances() -> dict[str, float]:

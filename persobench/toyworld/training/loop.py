@@ -228,15 +228,23 @@ def _save(accelerator, folder: Path, step: int, keep: int) -> None:
 
 
 def _truncate_log(path: Path, after: int, upto: int) -> None:
-    """Drop the lines of steps in (after, upto]: written after the checkpoint a resumed run starts from."""
+    """Drop the lines of steps in (after, upto]: written after the checkpoint a resumed run starts from; and a
+    partial line a kill left mid-write."""
     if not path.is_file():
         return
     lines = path.read_text().splitlines()
-    kept = [line for line in lines if not (after < json.loads(line).get("step", 0) <= upto)]
+    kept = [line for line in lines if (step := _logged_step(line)) is not None and not after < step <= upto]
     if len(kept) != len(lines):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, path)
+
+
+def _logged_step(line: str) -> int | None:
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return None
 
 
 def _import_legacy(path: Path, stage: Stage, opt, sched, emas: dict[str, Any]) -> int:
