@@ -196,3 +196,23 @@ def test_prompt_without_subject_is_refused(components, ball, tmp_path):
     with pytest.raises(UserError, match="has no subject token"):
         build_hooks("pick-and-draw", cfg, fitted, prompts, ["a photo of the beach"], fitted.encode(prompts),
                     initial_noise([1], components.latent_shape), None)
+
+
+def test_layout_distance_is_the_plain_norm_except_at_rounding_level():
+    """Real disagreements keep the plain Frobenius norm (value and gradient); a rounding-level difference (a
+    template recorded in another batch) counts as none, so it pushes nothing (its unit gradient was noise)."""
+    from persobench.guidance.layout_math import NORM_FLOOR, layer_distance, normalised, smooth
+
+    g = torch.Generator().manual_seed(0)
+    gen = torch.rand(2, 64, 64, generator=g).requires_grad_(True)
+    tpl = torch.rand(2, 64, 64, generator=g)
+    d = layer_distance(gen, tpl, 3, 0.5, "sum")
+    plain = (normalised(smooth(gen, 3, 0.5)) - normalised(smooth(tpl, 3, 0.5))).flatten(1).norm(dim=-1)
+    assert torch.equal(d, plain) and (d > 1e-3).all()
+    (grad,) = torch.autograd.grad(d.sum(), gen)
+    (plain_grad,) = torch.autograd.grad(plain.sum(), gen)
+    assert torch.equal(grad, plain_grad)
+    near = (tpl + 1e-9 * torch.randn(2, 64, 64, generator=g)).requires_grad_(True)
+    d0 = layer_distance(near, tpl, 3, 0.5, "sum")
+    (grad0,) = torch.autograd.grad(d0.sum(), near)
+    assert (d0 == 0).all() and (grad0 == 0).all() and NORM_FLOOR < 1e-3
