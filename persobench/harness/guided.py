@@ -144,12 +144,15 @@ class TemplateStore:
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    def has(self, keys: list[str]) -> bool:
+        """Whether every image's template is stored (without loading them)."""
+        return all((self.root / f"{k}.pt").is_file() for k in keys)
+
     def get(self, keys: list[str]) -> list | None:
         """Every image's template, or None when any is missing (the batch then records them all)."""
-        paths = [self.root / f"{k}.pt" for k in keys]
-        if not all(p.is_file() for p in paths):
+        if not self.has(keys):
             return None
-        return [torch.load(p, weights_only=True) for p in paths]
+        return [torch.load(self.root / f"{k}.pt", weights_only=True) for k in keys]
 
     def put(self, keys: list[str], maps: list[dict]) -> None:
         for key, image_maps in zip(keys, maps):

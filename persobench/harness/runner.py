@@ -229,8 +229,9 @@ def generate(fitted: Fitted, cfg: RunConfig, jobs: Sequence[ImageJob], guidance:
         if stored is None:
             stored = record_template(cfg, fitted, templates_of, [j.seed for j in jobs], shape)
             templates.put(keys, stored)
-    elif keys and templates.get(keys) is None:
+    elif keys:  # a plain batch records only if it is the template (vanilla) and a template is missing: no loads
         recorder = template_recorder(cfg, fitted, prompts, templates_of)
+        recorder = recorder if recorder is not None and not templates.has(keys) else None
     hooks = build_hooks(guidance, cfg, fitted, prompts, templates_of, cond, latents, palette, step_seeds, stored)
     hooks += [recorder] if recorder is not None else []
     subject_maps = SubjectMaskRecorder(fitted.unet, subject_columns(fitted, prompts), shape[1:]) if masks else None
