@@ -40,12 +40,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--methods", default="vanilla-sd,textual-inversion,dreambooth-lora,blip-diffusion")
     p.add_argument("--images-per-subject", type=int, default=100, help="for the end-to-end ratio (DreamBench: 25 prompts x 4)")
+    p.add_argument("--twin-divisor", type=int, default=1, help="--arch sd15 with reduced twins (8: a CPU smoke run)")
     a = p.parse_args()
     method_params: dict = {}
     if a.arch == "sd15":  # random-weight twins of SD 1.5 and BLIP-Diffusion at their real shapes
         from gpu_checks import models
 
-        source, method_params = models("sd15", Path(tempfile.gettempdir()) / "persobench-twins")
+        source, method_params = models("sd15", Path(tempfile.gettempdir()) / "persobench-twins", a.twin_divisor)
     elif (EMBEDDED["toyworld"] / "model_index.json").exists():
         source = "toyworld"
     else:

@@ -10,10 +10,13 @@ of both stores are compared byte for byte. Goal: 2 processes take at most 0.6x o
 
 Simulated: the work list of the paper config at DreamBench's size (30 subjects x 25 prompts x 4 images; the
 data need not be present), fit units and sampling batches weighted by the unit costs the dry run uses
-(`harness/worklist.py`), scheduled with `harness/distributed.py::balanced` and, for contrast, with the old
-rule (contiguous chunks of the method-major fit list; each (method, subject, guidance) batch list split on
-its own). Makespan over the ideal (total / ranks), fits and sampling summed across the barrier between
-them. Goal: at most 1.1.
+(`harness/worklist.py`), and each (method, subject)'s group of batches charging its setup (the fit loaded,
+the palette inverted: `worklist.setup_seconds`) once on every rank that samples any of it. Scheduled
+as the runner does (`distributed.affine`: groups kept whole where balance allows, pieces by LPT) and, for
+contrast, with LPT over single batches (which scatters every group) and with the old rule (contiguous chunks
+of the method-major fit list; each (method, subject, guidance) batch list split on its own). Makespan over the ideal (all work and
+each group's setup once, over the ranks), fits and sampling summed across the barrier between them. Goal: at
+most 1.1.
 """
 
 from __future__ import annotations
@@ -59,51 +62,56 @@ def measured() -> dict[str, float]:
     return {**out, "ratio": out["two"] / out["one"], "identical": same}
 
 
-def _old_rule(costs: list[float], world: int) -> list[float]:
-    """accelerate's split_between_processes: contiguous chunks, the first ranks one item more."""
-    loads = [0.0] * world
-    n, start = len(costs), 0
-    for rank in range(world):
-        size = n // world + (1 if rank < n % world else 0)
-        loads[rank] += sum(costs[start:start + size])
-        start += size
-    return loads
-
-
 def simulated(config: Path, world: int = 8) -> dict[str, float]:
     sys.path.insert(0, str(ROOT))
     from persobench.core.config import load_config
-    from persobench.harness.distributed import balanced
-    from persobench.harness.worklist import batch_seconds, fit_seconds, guidance_rows
+    from persobench.harness.distributed import affine, balanced, grouped_loads
+    from persobench.harness.worklist import batch_seconds, fit_seconds, guidance_rows, setup_seconds
 
     cfg = load_config(str(config), ["dataset.path=/nonexistent"])
     subjects, prompts, per_prompt = 30, 25, cfg.dataset.images_per_prompt
     fit_costs = [fit_seconds(m, cfg.method_params.get(m, {})) for m in cfg.methods for _ in range(subjects)]
-    groups = []  # per (method, subject, guidance): its batches' costs
-    for _m in cfg.methods:
-        for _s in range(subjects):
+    batch_costs, groups, setup = [], [], {}  # per batch its cost and its (method, subject) group
+    for m in cfg.methods:
+        for s in range(subjects):
+            setup[(m, s)] = setup_seconds(cfg)  # the fit loaded, the palette inverted, once per rank that samples it
             for g in guidance_rows(cfg):
                 jobs = prompts * per_prompt
                 sizes = [min(cfg.sampler.batch_size, jobs - i) for i in range(0, jobs, cfg.sampler.batch_size)]
-                groups.append([batch_seconds(cfg, n, g) for n in sizes])
-    batch_costs = [c for group in groups for c in group]
+                batch_costs += [batch_seconds(cfg, n, g) for n in sizes]
+                groups += [(m, s)] * len(sizes)
 
-    def load(costs: list[float]) -> list[float]:
+    def fit_loads(owner: list[int]) -> list[float]:
         loads = [0.0] * world
-        for c, r in zip(costs, balanced(costs, world)):
+        for c, r in zip(fit_costs, owner):
             loads[r] += c
         return loads
 
-    new = max(load(fit_costs)) + max(load(batch_costs))
-    old_sample = [0.0] * world
-    for group in groups:
-        for r, v in enumerate(_old_rule(group, world)):
-            old_sample[r] += v
-    old = max(_old_rule(fit_costs, world)) + max(old_sample)
-    ideal = sum(fit_costs) / world + sum(batch_costs) / world
-    print(f"{config.name} on {world} ranks ({len(fit_costs)} fit units, {len(batch_costs)} batches): "
-          f"makespan / ideal = {new / ideal:.3f} by cost (goal <= 1.1); {old / ideal:.3f} with contiguous chunks")
-    return {"by_cost": new / ideal, "contiguous": old / ideal}
+    def old_owner(n: int) -> list[int]:  # accelerate's split_between_processes: contiguous chunks
+        owner = []
+        for rank in range(world):
+            owner += [rank] * (n // world + (1 if rank < n % world else 0))
+        return owner
+
+    fits = max(fit_loads(balanced(fit_costs, world)))
+    plans = {"grouped": affine(batch_costs, groups, setup, world), "lpt over batches": balanced(batch_costs, world)}
+    old = []  # each (method, subject, guidance) batch list split on its own
+    for key in setup:
+        for g in guidance_rows(cfg):
+            jobs = prompts * per_prompt
+            old += old_owner(-(-jobs // cfg.sampler.batch_size))
+    plans["contiguous"] = old
+    ideal = (sum(fit_costs) + sum(batch_costs) + sum(setup.values())) / world  # every group's setup paid once
+    out = {}
+    for name, owner in plans.items():
+        fit_part = fits if name != "contiguous" else max(fit_loads(old_owner(len(fit_costs))))
+        out[name] = (fit_part + max(grouped_loads(owner, batch_costs, groups, setup, world))) / ideal
+    setups_per_rank = len({(r, g) for r, g in zip(plans["grouped"], groups)}) / world
+    print(f"{config.name} on {world} ranks ({len(fit_costs)} fit units, {len(batch_costs)} batches in {len(setup)} groups, "
+          f"setup {min(setup.values()):.1f}-{max(setup.values()):.1f} s per group and rank): makespan / ideal = "
+          f"{out['grouped']:.3f} grouped by (method, subject) (goal <= 1.1; {setups_per_rank:.0f} setups per rank); "
+          f"{out['lpt over batches']:.3f} with LPT over single batches; {out['contiguous']:.3f} with contiguous chunks")
+    return out
 
 
 def main() -> None:

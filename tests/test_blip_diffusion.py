@@ -87,3 +87,50 @@ def test_missing_encoder_and_missing_real_weights_are_clear_errors(world, tmp_pa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="Salesforce/blipdiffusion.*not found.*method_params.blip-diffusion.weights"):
         methods.get("blip-diffusion")({"backend": "real"}, components)  # the paper weights are not in this cache
+
+
+def test_one_method_resident_at_a_time(tiny_world, make_config, monkeypatch):
+    """Issue 15's peak at real shapes: while a method fits or loads its fit, no other fitted state (another
+    method's or the previous subject's LoRA-patched UNet copy, another method's BLIP towers) is still alive, in
+    the fit loop as in the sampling loop; and building a personalizer for its fit key loads no backend."""
+    import gc
+    import weakref
+
+    from persobench.harness import runner
+    from persobench.methods import blip_diffusion
+
+    alive: list[weakref.ref] = []
+    backends_alive: list[weakref.ref] = []
+    overlaps: list[str] = []
+    fit_subject = runner.fit_subject
+
+    def watched(store, personalizer, components, subject, seed, progress=None):
+        gc.collect()
+        others = [r() for r in alive if r() is not None]  # another method's, or the same method's previous subject's
+        others += [b for b in (r() for r in backends_alive) if b is not None and personalizer.name != "blip-diffusion"]
+        overlaps.extend(f"{type(o).__name__} of {getattr(o, 'method', 'blip-diffusion')} "
+                        f"{getattr(getattr(o, 'subject', None), 'name', '')} while {personalizer.name} fits {subject.name}"
+                        for o in others)
+        fitted, key = fit_subject(store, personalizer, components, subject, seed, progress)
+        alive.append(weakref.ref(fitted))
+        if personalizer.name == "blip-diffusion":
+            backends_alive.append(weakref.ref(personalizer.backend))
+        return fitted, key
+
+    built = []
+    make_backend = blip_diffusion.backends.get("toy")
+    monkeypatch.setattr(runner, "fit_subject", watched)
+
+    def counting(*args):
+        built.append(1)
+        return make_backend(*args)
+
+    counting.defaults = make_backend.defaults
+    monkeypatch.setitem(blip_diffusion.backends._items, "toy", counting)
+    cfg = make_config(f"model.source={tiny_world / 'sd'}", "methods=[blip-diffusion, dreambooth-lora, vanilla-sd, textual-inversion]",
+                      "dataset.subjects=[cat1, ball1]", "dataset.max_prompts=1", "dataset.images_per_prompt=1", "guidance.name=none",
+                      "method_params={textual-inversion: {steps: 1, batch_size: 1}, dreambooth-lora: {steps: 1, batch_size: 1, rank: 2}, "
+                      f"blip-diffusion: {{encoder: {tiny_world / 'blip'}}}}}")
+    run(cfg)
+    assert overlaps == []
+    assert len(built) == 2  # once for the fits, once for the sampling loop; never for a fit key

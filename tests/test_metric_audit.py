@@ -254,10 +254,16 @@ def test_a_toybench_run_writes_a_mask_per_image_and_the_audit(tmp_path):
 
     args = ["run", f"store={tmp_path}", "name=audit", "dataset.subjects=[ball2, cat2]", "dataset.max_prompts=1",
             "dataset.images_per_prompt=2", "sampler.steps=8", "methods=[vanilla-sd, blip-diffusion]", "guidance.name=none",
-            "metrics.names=[dino, dino-subject, clip-i, clip-i-subject, clip-t, oracle]", "metrics.bootstrap=50",
-            "report.wandb=disabled"]
-    assert main(args) == 0
+            "metrics.bootstrap=50", "report.wandb=disabled"]
     root = tmp_path / "audit"
+    # no subject-region metric asked for: no map is recorded (no observed step, no PNG)
+    assert main(args + ["metrics.names=[dino, clip-i, clip-t, oracle]"]) == 0
+    assert not (root / "masks").exists()
+    assert pd.read_parquet(root / "points" / "main" / "records.parquet")["mask"].isna().all()
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_ino) for p in (root / "images").rglob("*.png")}
+    # asked for later: the same images (not re-written), now with their maps and records pointing at them
+    assert main(args + ["metrics.names=[dino, dino-subject, clip-i, clip-i-subject, clip-t, oracle]"]) == 0
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_ino) for p in (root / "images").rglob("*.png")} == before
     records = pd.read_parquet(root / "points" / "main" / "records.parquet")
     assert len(records) == 8
     for r in records.itertuples():

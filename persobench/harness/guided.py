@@ -25,6 +25,7 @@ from ..guidance import GuidanceInputs, Palette, guidances
 from ..guidance.inversion import invert
 from ..guidance.pick_and_draw import TemplateRecorder, guided_steps
 from ..guidance.terms import token_columns
+from .store import file_lock
 
 # Bump when guidance's algorithm changes what an image is for the same config, so a store never serves
 # an image the code no longer makes (2: every sampler served, issue 12; 3: the vanilla template recorded once
@@ -63,16 +64,16 @@ def reference_palette(fitted: Fitted, cfg: RunConfig, fit_key: str, cache_dir: P
     cond.subject_positions = token_columns(fitted.tokenizer, [prompt] * len(refs), [fitted.subject.class_noun], "class", FIX)
     key = palette_key(cfg, c, fit_key, fitted.subject.content_hash, prompt, len(refs))
     path = cache_dir / f"{fitted.subject.name}-{key}.pt"
-    if path.is_file():
-        trajectory = [z.to(c.device, c.dtype) for z in torch.load(path, weights_only=True)]
-    else:
-        z0 = encode_images(c, refs).to(c.dtype)
-        scheduler = build_scheduler(cfg.sampler.scheduler, c.scheduler_config)
-        inv = invert(fitted.unet, scheduler, z0, cond, cfg.sampler.steps, cfg.sampler.cfg_scale, g.inversion,
-                     g.null_text_iterations, g.null_text_lr)
-        trajectory = inv.trajectory
-        with atomic_path(path) as tmp:
-            torch.save([z.detach().cpu() for z in trajectory], tmp)
+    if not path.is_file():  # processes sharing a subject wait for one inversion instead of each redoing it (not re-entrant)
+        with file_lock(cache_dir / f".{path.stem}.lock"):
+            if not path.is_file():
+                z0 = encode_images(c, refs).to(c.dtype)
+                scheduler = build_scheduler(cfg.sampler.scheduler, c.scheduler_config)
+                inv = invert(fitted.unet, scheduler, z0, cond, cfg.sampler.steps, cfg.sampler.cfg_scale, g.inversion,
+                             g.null_text_iterations, g.null_text_lr)
+                with atomic_path(path) as tmp:
+                    torch.save([z.detach().cpu() for z in inv.trajectory], tmp)
+    trajectory = [z.to(c.device, c.dtype) for z in torch.load(path, weights_only=True)]
     return Palette(trajectory, cond)
 
 

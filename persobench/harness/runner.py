@@ -47,7 +47,7 @@ from .guided import (
 )
 from .shapecheck import guard_store, phase
 from .store import RunStore, file_lock, subject_slug
-from .worklist import batch_seconds, fit_seconds
+from .worklist import batch_seconds, fit_seconds, setup_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +194,29 @@ def mask_path(store: RunStore, image: Path) -> Path:
     return store.root / "masks" / image.relative_to(store.root / "images")
 
 
+def records_subject_maps(cfg: RunConfig) -> bool:
+    """Whether the run records each image's subject map: only when a metric reads it (the subject-region metrics,
+    which need reference masks too); otherwise the middle step's observed forward and a PNG per image are skipped."""
+    from ..reports.metrics.spec import metrics
+
+    return any(metrics.get(n).needs_reference_masks for n in cfg.metrics.names)
+
+
+def blank_map(image, fitted: Fitted):
+    """The map of an image whose prompt names no subject token (or whose map is flat): all black at latent
+    resolution, which the metric reads as "no mask" (scores.py::generated_masks), so the image counts as done."""
+    c = fitted.components
+    return Image.new("L", (image.width // c.vae_scale, image.height // c.vae_scale), 0)
+
+
+def _load_weights(personalizer) -> None:
+    """Load what a method loads lazily (BLIP-Diffusion's backend) now, inside the "load method" phase, so the shape
+    check counts it once per run and not inside every fit."""
+    load = getattr(personalizer, "load", None)
+    if load is not None:
+        load()
+
+
 def _keep_only(personalizers: dict[str, Any], method_name: str) -> None:
     """Drop every other method's personalizer (and collect), so its weights are freed before the next loads."""
     for name in [name for name in personalizers if name != method_name]:
@@ -299,21 +322,29 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
         mine = shard.assign(units, [fit_seconds(m, cfg.method_params.get(m, {})) for m, _, _ in units])
         share = {"fit units": len(mine), "images": 0}  # what this process did, reported per rank when sharded
         task = bar.add_task("fit", total=len(mine))
-        for method_name, make, subject in mine:  # fit jobs by (method, subject)
+        for method_name, make, subject in mine:  # fit jobs by (method, subject), method-major as `units`
+            if any(name != method_name for name in personalizers):
+                personalizer = None  # one method resident: the previous one's weights go before the next loads (issue 15)
+                _keep_only(personalizers, method_name)
             with phase("load method", method_name):
                 personalizer = personalizer_for(method_name, make)
+                _load_weights(personalizer)
             with phase("fit", method_name):
                 fitted, _ = fit_subject(store, personalizer, components, subject, cfg.seed, bar)
                 for guidance in guidance_settings(cfg):
                     check_guidance(guidance, cfg, fitted, templates_for(cfg, bench, subject))
+                fitted = None  # a LoRA-patched UNet copy is not kept while the next fit trains or loads
             bar.advance(task)
+        personalizer = None
+        _keep_only(personalizers, "")
         shard.barrier()
         task = bar.add_task("sample", total=len(units))
         all_jobs: list[ImageJob] = []
         batches = []  # (unit index, guidance, sample key, batch) over the whole point
         keys = {}  # unit index -> fit key
-        for u, (method_name, make, subject) in enumerate(units):
-            key = keys[u] = fit_key(personalizer_for(method_name, make), components, subject, cfg.seed)
+        signatures = {m: make(cfg.method_params.get(m, {}), components) for m, make in zip(cfg.methods, personalizer_types)}
+        for u, (method_name, make, subject) in enumerate(units):  # constructing a personalizer loads no weights
+            key = keys[u] = fit_key(signatures[method_name], components, subject, cfg.seed)
             for guidance in guidance_settings(cfg):
                 sample_key = stable_hash(sample_signature(cfg, components, key, guidance))
                 jobs = image_jobs(cfg, bench, store, method_name, subject, sample_key)
@@ -323,21 +354,31 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
                 # done or on the process count; then the whole point's batches are scheduled by cost
                 # (a guided batch weighs its guided/plain ratio), and each process skips what is done.
                 batches += [(u, guidance, sample_key, b) for b in chunks(jobs, cfg.sampler.batch_size)]
-        mine_batches = shard.assign(batches, [batch_seconds(cfg, len(b), g) for _, g, _, b in batches])
+        # scheduled by cost, a (method, subject)'s batches kept on one process where balance allows: each process
+        # that samples any of them loads its fit and inverts its palette (`distributed.affine`)
+        mine_batches = shard.assign_grouped(batches, [batch_seconds(cfg, len(b), g) for _, g, _, b in batches],
+                                            [u for u, _, _, _ in batches], {u: setup_seconds(cfg) for u in keys})
         fitted = None
+        maps_wanted = records_subject_maps(cfg)
+
+        def done(job: ImageJob) -> bool:  # with subject maps asked for, an image sampled without one is not done yet
+            return store.is_done(job.path) and (not maps_wanted or mask_path(store, job.path).is_file())
+
         for u, (method_name, make, subject) in enumerate(units):  # sample jobs by image
             key = keys[u]
             todo = []
             for guidance in guidance_settings(cfg):
-                mine = [b for v, g, _, b in mine_batches if v == u and g == guidance and not all(store.is_done(j.path) for j in b)]
+                mine = [b for v, g, _, b in mine_batches if v == u and g == guidance and not all(done(j) for j in b)]
                 todo += [(guidance, next(k for v, g, k, _ in batches if v == u and g == guidance), mine)] if mine else []
             if todo:  # a warm re-run loads no fit at all
                 # one method's weights resident at a time (units are method-major): BLIP-Diffusion's backend or a
                 # LoRA copy of the UNet is let go before the next method loads (issue 15: the peak at real shapes)
+                fitted = personalizer = palette = None  # the previous unit's: two LoRA UNet copies are never resident
                 if any(name != method_name for name in personalizers):
-                    fitted = personalizer = palette = None  # the previous method's last references
                     _keep_only(personalizers, method_name)
-                personalizer = personalizer_for(method_name, make)
+                with phase("load method", method_name):
+                    personalizer = personalizer_for(method_name, make)
+                    _load_weights(personalizer)
                 with phase("load fit", method_name):
                     fitted, _ = fit_subject(store, personalizer, components, subject, cfg.seed, bar)
             for guidance, sample_key, mine in todo:
@@ -348,21 +389,33 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
                 for batch in mine:
                     started = time.perf_counter()
                     with phase("sampling" if guidance == "none" else "guided sampling", method_name, images=len(batch)):
-                        prompts, images, maps = generate(fitted, cfg, batch, guidance, palette, templates, masks=True)
+                        out = generate(fitted, cfg, batch, guidance, palette, templates, masks=maps_wanted)
+                    prompts, images, maps = out if maps_wanted else (*out, [None] * len(batch))
                     per_image = (time.perf_counter() - started) / len(batch)
                     for job, prompt, image, subject_map in zip(batch, prompts, images, maps):
+                        mask = mask_path(store, job.path) if maps_wanted else None
+                        the_map = None if mask is None else subject_map if subject_map is not None else blank_map(image, fitted)
                         if not store.is_done(job.path):
-                            if subject_map is not None:  # before the image and its record: a done image has its map
-                                write_png(mask_path(store, job.path), subject_map)
-                            record = _record(cfg, store, job, fitted, prompt, key, sample_key, per_image, guidance,
-                                             mask_path(store, job.path) if subject_map is not None else None)
-                            store.save_image(job.path, image, record)
+                            if mask is not None:  # before the image and its record: a done image has its map
+                                write_png(mask, the_map)
+                            store.save_image(job.path, image, _record(cfg, store, job, fitted, prompt, key, sample_key,
+                                                                      per_image, guidance, mask))
                             share["images"] += 1
+                        elif mask is not None and not mask.is_file():
+                            # sampled before a subject-region metric was asked for: the image stays, its record names
+                            # the map, then the map (a kill in between leaves the map missing: the image is redone)
+                            record = store.read_record(job.path)
+                            if record.get("mask") is None:
+                                write_json(store.record_path(job.path), {**record, "mask": store.relative(mask)})
+                            write_png(mask, the_map)
             bar.advance(task)
         if shard.world > 1:
             print(f"rank {shard.rank}/{shard.world}: {share['fit units']} fit unit(s), {share['images']} image(s) sampled",
                   file=sys.stderr, flush=True)
         shard.barrier()
+    fitted = personalizer = palette = signatures = None  # the last method's weights are not resident beside the metric backbones
+    personalizers.clear()
+    gc.collect()
     frame = pd.DataFrame.from_records([store.read_record(j.path) for j in all_jobs])
     if cfg.metrics.names:  # metric jobs by image: each process scores its rows, rank 0 merges
         with phase("metrics", images=len(frame)):
@@ -528,7 +581,7 @@ def _record(cfg: RunConfig, store: RunStore, job: ImageJob, fitted: Fitted, prom
         "guidance": guidance,
         "guidance_hash": stable_hash(guidance_signature(cfg.guidance, guidance)),
         "image": store.relative(job.path),
-        "mask": store.relative(mask) if mask is not None else None,  # the subject map (SubjectMaskRecorder); None: none
+        "mask": store.relative(mask) if mask is not None else None,  # the subject map (SubjectMaskRecorder; all black where the prompt has no subject token); None: not recorded (no subject-region metric asked for)
         "reference": str(job.subject.image_paths[0].resolve()),
         "seconds": round(seconds, 4),
     }

@@ -22,7 +22,9 @@ logger = logging.getLogger(__name__)
 # seconds per unit on one A100-class GPU, SD 1.5 fp16, 512 px (rough; see benchmarks/RESULTS.md); a fit step's
 # cost is the method's own (`fit_step_seconds` on its class, FALLBACK_FIT_STEP_SECONDS where it declares none)
 UNIT_SECONDS = {"image_step": 0.045, "metric_image": 0.01,
-                "guided_factor": 2.2}  # a Pick-and-Draw image costs ~2.2 plain ones (measured on the toy world, RESULTS.md)
+                # a Pick-and-Draw image costs ~1.74 plain ones with the vanilla template reused (the toy world's amortised
+                # figure over the four methods, benchmarks/guidance_overhead.py, RESULTS.md); a GPU's measured one replaces it
+                "guided_factor": 1.74}
 FALLBACK_FIT_STEP_SECONDS = 0.3
 
 # Measured unit costs, when a GPU machine has written them (`bash benchmarks/gpu_checks.sh`, benchmarks/gpu_checks.py;
@@ -107,6 +109,28 @@ def batch_seconds(cfg: RunConfig, images: int, guidance: str) -> float:
     units = unit_table()
     per_image = cfg.sampler.steps * units["image_step"] * (1.0 if guidance == "none" else units["guided_factor"])
     return images * per_image
+
+
+DEFAULT_INVERSION_REFERENCES = 4  # DreamBench's subjects have 4-6 images; a palette term without num_references reads all
+
+
+def setup_seconds(cfg: RunConfig) -> float:
+    """What a process pays once per (method, subject) whose batches it samples: loading the fit
+    (FIT_OVERHEAD_SECONDS), and with a guided row whose terms read the palette, the references' inversion (measured
+    per subject when the GPU checks ran, else one CFG step per reference per sampling step, times 1 + the null-text
+    iterations with guidance.inversion=null_text). The sharding scheduler's setup weight (`distributed.affine`)."""
+    seconds = FIT_OVERHEAD_SECONDS
+    g = cfg.guidance
+    if g.name != "none" and g.palette_term() is not None:
+        units = unit_table()
+        if "inversion_step" in units:  # measured with DDIM inversion
+            per_step = units["inversion_step"]
+        else:
+            refs = getattr(g.palette_term()[1], "num_references", None) or DEFAULT_INVERSION_REFERENCES
+            per_step = refs * units["image_step"]
+        per_step *= 1 + (g.null_text_iterations if g.inversion == "null_text" else 0)
+        seconds += cfg.sampler.steps * per_step
+    return seconds
 
 
 def unit_costs(method_names: list[str]) -> dict[str, object]:

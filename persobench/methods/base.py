@@ -20,7 +20,10 @@ from ..core.registry import Registry
 
 
 class Personalizer(Protocol):
-    """Built once per run from `method_params.<name>` and the base model."""
+    """Built from `method_params.<name>` and the base model, possibly several times per run (the runner builds one
+    only to read its `fit_signature` for the fit keys), so building one checks the params and loads no weights:
+    weights a method needs beyond the base model load in an optional `load()` (the runner calls it in its "load
+    method" phase) or on the first `fit`."""
 
     name: str
     fit_step_seconds: float  # seconds per fit step on one A100-class GPU, SD 1.5 fp16 512 px (0: no training); dry-run estimate

@@ -28,6 +28,7 @@ Backends, one adapter:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -102,7 +103,8 @@ PRESETS = {"toy": {"backend": "toy"}, "paper": {"backend": "real", "prompt_reps"
 
 class Backend(Protocol):
     """A subject encoder and the text/denoising models its embeddings condition. Built once per run
-    from (params, base components); `defaults` fill the params a user left null."""
+    from (params, base components) on the first fit or `load()`; `defaults` fill the params a user left null, and
+    an optional static `locate(params, components)` checks the weights without loading them (when the method is built)."""
 
     defaults: dict[str, Any]
     unet: torch.nn.Module
@@ -126,6 +128,16 @@ def with_backend_defaults(params: BlipParams) -> BlipParams:
     unset = {k: v for k, v in backends.get(params.backend).defaults.items() if getattr(params, k) is None}
     return dataclasses.replace(params, **unset)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def _bert_tokenizer(source: str):
+    from transformers import BertTokenizer
+
+    try:
+        return BertTokenizer.from_pretrained(source, local_files_only=True)
+    except OSError as e:  # transformers reports a tokenizer it cannot find (folder, cache or hub id) as OSError
+        raise UserError(f"the Q-Former tokenizer '{source}' is not a folder or in the local Hugging Face "
+                        "cache; pass method_params.blip-diffusion.qformer_tokenizer=<BERT tokenizer folder>") from e
 
 
 def _resolve_weights(source: str) -> Path:
@@ -153,9 +165,23 @@ class RealBlip:
 
     defaults = {"reference_mode": "first", "query_position": "start"}
 
+    @staticmethod
+    def locate(params: BlipParams, components: SDComponents) -> Path:
+        """Every bad input the real backend can name without loading its weights, when the method is built (before
+        other methods' fits): the weights' folder, the Q-Former's tokenizer (a small vocabulary file) and the UNet's
+        latent channels (its config.json). Returns the folder."""
+        root = _resolve_weights(params.weights)
+        _bert_tokenizer(params.qformer_tokenizer)
+        config = root / "unet" / "config.json"
+        channels = json.loads(config.read_text()).get("in_channels") if config.is_file() else None
+        if channels is not None and channels != components.unet.config.in_channels:
+            raise UserError(f"BLIP-Diffusion's UNet takes {channels} latent channels, the run's VAE "
+                            f"gives {components.unet.config.in_channels}; use an SD 1.x model.source")
+        return root
+
     def __init__(self, params: BlipParams, components: SDComponents) -> None:
         from diffusers import UNet2DConditionModel
-        from transformers import BertTokenizer, CLIPTextModel, CLIPTokenizer
+        from transformers import CLIPTextModel, CLIPTokenizer
 
         from .blip_qformer import QFormer
 
@@ -163,11 +189,7 @@ class RealBlip:
         logger.info("BLIP-Diffusion weights from %s", root)
         dev, dtype = components.device, components.dtype
         self.qformer = QFormer.from_folder(root / "qformer").to(dev, dtype)
-        try:
-            self.bert = BertTokenizer.from_pretrained(params.qformer_tokenizer, local_files_only=True)
-        except OSError as e:  # transformers reports a tokenizer it cannot find (folder, cache or hub id) as OSError
-            raise UserError(f"the Q-Former tokenizer '{params.qformer_tokenizer}' is not a folder or in the local Hugging Face "
-                            "cache; pass method_params.blip-diffusion.qformer_tokenizer=<BERT tokenizer folder>") from e
+        self.bert = _bert_tokenizer(params.qformer_tokenizer)
         self.tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
         self.tokenizer.add_tokens([PLACEHOLDER])
         self.text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", torch_dtype=dtype)
@@ -213,7 +235,20 @@ class BlipDiffusion:
         if self.params.prompt_reps < 1:
             raise UserError(f"blip-diffusion prompt_reps must be >= 1, got {self.params.prompt_reps}")
         self.components = components
-        self.backend = backends.get(self.params.backend)(self.params, components)
+        self._make_backend = backends.get(self.params.backend)  # an unknown backend fails here, before any load
+        locate = getattr(self._make_backend, "locate", None)
+        if locate is not None:
+            locate(self.params, components)  # weights that are not on disk fail here too, still without loading them
+
+    def load(self) -> None:
+        """Load the backend now (the runner's "load method" phase), not inside the first fit."""
+        self.backend  # noqa: B018
+
+    @functools.cached_property
+    def backend(self) -> Backend:
+        """The backend's weights, loaded on the first fit: a personalizer built only for its fit signature (the
+        runner's fit keys) loads nothing, so at real shapes BLIP-2's towers are never resident beside another method."""
+        return self._make_backend(self.params, self.components)
 
     @staticmethod
     def fit_steps(params: dict[str, Any]) -> int:

@@ -9,6 +9,7 @@ keep that layout (`query_position: before_class`) and the mean over all referenc
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,23 @@ class ToyBlip:
 
     defaults = {"reference_mode": "average", "query_position": "before_class"}
 
-    def __init__(self, params: BlipParams, components: SDComponents) -> None:
+    @staticmethod
+    def locate(params: BlipParams, components: SDComponents) -> Path:
+        """The encoder's folder, checked (present, trained for this text encoder's width) from its config alone."""
         folder = Path(params.encoder) if params.encoder else ASSETS / "blip"
-        self.encoder, self.config = load_subject_encoder(folder)
-        if self.config["text_dim"] != components.text_encoder.config.hidden_size:
+        config = folder / "config.json"
+        if not config.is_file():
+            raise UserError(f"BLIP-Diffusion toy subject encoder not found at '{folder}'; train it with "
+                            "`persobench toyworld train --stage blip` or pass method_params.blip-diffusion.encoder=<folder>")
+        width = json.loads(config.read_text()).get("text_dim")
+        if width != components.text_encoder.config.hidden_size:
             raise UserError(f"the subject encoder at '{folder}' was trained for another text encoder "
-                            f"(width {self.config['text_dim']}, this model has {components.text_encoder.config.hidden_size})")
+                            f"(width {width}, this model has {components.text_encoder.config.hidden_size})")
+        return folder
+
+    def __init__(self, params: BlipParams, components: SDComponents) -> None:
+        folder = ToyBlip.locate(params, components)
+        self.encoder, self.config = load_subject_encoder(folder)
         self.components, self.unet = components, components.unet
         self.num_queries = int(self.config["num_queries"])
 

@@ -194,7 +194,7 @@ def _subject_reference_embeddings(ctx: ScoringContext, backbone: Backbone, subje
 
 def generated_masks(ctx: ScoringContext, frame: pd.DataFrame) -> list[np.ndarray | None]:
     """Each row's subject mask from its recorded attention map, None where the record has none (an image sampled
-    before maps were recorded, or a prompt without a class token) or the map selects nothing."""
+    before maps were recorded) or the map selects nothing (all black: a prompt without a subject token)."""
     column = frame["mask"] if "mask" in frame else pd.Series([None] * len(frame))
     out: list[np.ndarray | None] = []
     for image, rel in zip(ctx.images, column):
