@@ -69,7 +69,7 @@ def balanced(costs: Sequence[float], world: int) -> list[int]:
     return owner
 
 
-PIECES_PER_RANK = (4, 8, 16, 32)  # the cut rules tried: a group is cut when it exceeds 1/p of a rank's fair share
+PIECES_PER_RANK = (1, 2, 4, 8, 16, 32)  # the cut rules tried: a group is cut when it exceeds 1/p of a rank's fair share
 
 
 def affine(costs: Sequence[float], groups: Sequence[object], setup: dict[object, float], world: int) -> list[int]:
