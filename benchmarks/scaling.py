@@ -3,6 +3,7 @@ schedule spread `configs/paper/dreambench.yaml` over 8 ranks?
 
     OMP_NUM_THREADS=1 python benchmarks/scaling.py                # both parts (the measured one takes ~3 min here)
     OMP_NUM_THREADS=1 python benchmarks/scaling.py --simulate     # the 8-rank schedule only (seconds)
+    OMP_NUM_THREADS=1 python benchmarks/scaling.py --prompts 8    # a longer comparison run (more images per fit)
 
 Measured: a vanilla SD + Textual Inversion comparison run with Pick-and-Draw on 2 ToyBench subjects, one
 process vs `torchrun --nproc-per-node=2`, each into a fresh store, one torch thread per process; the images
@@ -33,8 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ["run", "methods=[vanilla-sd, textual-inversion]", "guidance.name=pick-and-draw", "dataset.subjects=[ball1, cat1]",
-       "dataset.max_prompts=4", "dataset.images_per_prompt=2", "sampler.batch_size=2", "metrics.names=[]",
-       "report.wandb=disabled", "name=scaling"]
+       "dataset.images_per_prompt=2", "sampler.batch_size=2", "metrics.names=[]", "report.wandb=disabled", "name=scaling"]
 
 
 def _images(store: Path) -> dict[str, str]:
@@ -42,7 +42,7 @@ def _images(store: Path) -> dict[str, str]:
             for p in sorted(store.rglob("images/**/*.png"))}
 
 
-def measured() -> dict[str, float]:
+def measured(prompts: int = 4) -> dict[str, float]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
     out = {}
     stores = {}
@@ -50,7 +50,8 @@ def measured() -> dict[str, float]:
                           ("two", [shutil.which("torchrun"), "--nproc-per-node=2", "--master-port=29517", "-m"])):
         store = Path(tempfile.mkdtemp(prefix=f"persobench-scaling-{label}-"))
         started = time.perf_counter()
-        done = subprocess.run([*prefix, "persobench", *RUN, f"store={store}"], env=env, capture_output=True, text=True)
+        done = subprocess.run([*prefix, "persobench", *RUN, f"dataset.max_prompts={prompts}", f"store={store}"], env=env,
+                              capture_output=True, text=True)
         out[label] = time.perf_counter() - started
         if done.returncode != 0:
             raise SystemExit(done.stderr[-3000:])
@@ -119,10 +120,11 @@ def main() -> None:
     parser.add_argument("--simulate", action="store_true", help="only the simulated 8-rank schedule")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "paper" / "dreambench.yaml")
     parser.add_argument("--ranks", type=int, default=8)
+    parser.add_argument("--prompts", type=int, default=4, help="prompts per subject in the measured run (x 2 images)")
     args = parser.parse_args()
     simulated(args.config, args.ranks)
     if not args.simulate:
-        measured()
+        measured(args.prompts)
 
 
 if __name__ == "__main__":
