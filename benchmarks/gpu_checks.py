@@ -9,6 +9,9 @@ present (`benchmarks/gpu_checks.json`).
 
     bash benchmarks/gpu_checks.sh                                            # on a GPU: writes $OUT/gpu_checks.json
     OMP_NUM_THREADS=1 python benchmarks/gpu_checks.py --device cpu --arch toy --batches 1 --steps 2 --out /tmp/g.json
+    # the SD 1.5 path on CPU with reduced twins (a smoke run of this script: ~4 min at 2 threads, session 6)
+    python benchmarks/gpu_checks.py --device cpu --dtype fp32 --twin-divisor 8 --batches 1 --steps 2 --repeats 1 --fit-steps 2 \
+        --metric-images 4 --out /tmp/g.json
 """
 
 from __future__ import annotations

@@ -97,10 +97,8 @@ def simulated(config: Path, world: int = 8) -> dict[str, float]:
     fits = max(fit_loads(balanced(fit_costs, world)))
     plans = {"grouped": affine(batch_costs, groups, setup, world), "lpt over batches": balanced(batch_costs, world)}
     old = []  # each (method, subject, guidance) batch list split on its own
-    for key in setup:
-        for g in guidance_rows(cfg):
-            jobs = prompts * per_prompt
-            old += old_owner(-(-jobs // cfg.sampler.batch_size))
+    for _ in range(len(setup) * len(guidance_rows(cfg))):
+        old += old_owner(-(-(prompts * per_prompt) // cfg.sampler.batch_size))
     plans["contiguous"] = old
     ideal = (sum(fit_costs) + sum(batch_costs) + sum(setup.values())) / world  # every group's setup paid once
     out = {}

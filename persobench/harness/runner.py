@@ -343,7 +343,7 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
         batches = []  # (unit index, guidance, sample key, batch) over the whole point
         keys = {}  # unit index -> fit key
         signatures = {m: make(cfg.method_params.get(m, {}), components) for m, make in zip(cfg.methods, personalizer_types)}
-        for u, (method_name, make, subject) in enumerate(units):  # constructing a personalizer loads no weights
+        for u, (method_name, _, subject) in enumerate(units):  # constructing a personalizer loads no weights
             key = keys[u] = fit_key(signatures[method_name], components, subject, cfg.seed)
             for guidance in guidance_settings(cfg):
                 sample_key = stable_hash(sample_signature(cfg, components, key, guidance))
@@ -581,7 +581,9 @@ def _record(cfg: RunConfig, store: RunStore, job: ImageJob, fitted: Fitted, prom
         "guidance": guidance,
         "guidance_hash": stable_hash(guidance_signature(cfg.guidance, guidance)),
         "image": store.relative(job.path),
-        "mask": store.relative(mask) if mask is not None else None,  # the subject map (SubjectMaskRecorder; all black where the prompt has no subject token); None: not recorded (no subject-region metric asked for)
+        # the subject map (SubjectMaskRecorder; all black where the prompt has no subject token); None: not recorded
+        # (no subject-region metric asked for)
+        "mask": store.relative(mask) if mask is not None else None,
         "reference": str(job.subject.image_paths[0].resolve()),
         "seconds": round(seconds, 4),
     }
