@@ -312,9 +312,15 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
     units = [(m, make, s) for m, make in zip(cfg.methods, personalizer_types) for s in subjects]
     personalizers: dict[str, Any] = {}
 
-    def personalizer_for(method_name: str, make) -> Any:
-        if method_name not in personalizers:
-            personalizers[method_name] = make(cfg.method_params.get(method_name, {}), components)
+    def resident(method_name: str, make) -> Any:
+        """The method's personalizer, its weights loaded, after every other method's is dropped: one method's weights
+        resident at a time (issue 15: the peak at real shapes). The caller lets go of its own references first."""
+        if any(name != method_name for name in personalizers):
+            _keep_only(personalizers, method_name)
+        with phase("load method", method_name):
+            if method_name not in personalizers:
+                personalizers[method_name] = make(cfg.method_params.get(method_name, {}), components)
+            _load_weights(personalizers[method_name])
         return personalizers[method_name]
 
     with bar if progress is None else contextlib.nullcontext():
@@ -323,12 +329,8 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
         share = {"fit units": len(mine), "images": 0}  # what this process did, reported per rank when sharded
         task = bar.add_task("fit", total=len(mine))
         for method_name, make, subject in mine:  # fit jobs by (method, subject), method-major as `units`
-            if any(name != method_name for name in personalizers):
-                personalizer = None  # one method resident: the previous one's weights go before the next loads (issue 15)
-                _keep_only(personalizers, method_name)
-            with phase("load method", method_name):
-                personalizer = personalizer_for(method_name, make)
-                _load_weights(personalizer)
+            personalizer = None  # the previous method's weights go before the next loads
+            personalizer = resident(method_name, make)
             with phase("fit", method_name):
                 fitted, _ = fit_subject(store, personalizer, components, subject, cfg.seed, bar)
                 for guidance in guidance_settings(cfg):
@@ -357,7 +359,7 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
         # scheduled by cost, a (method, subject)'s batches kept on one process where balance allows: each process
         # that samples any of them loads its fit and inverts its palette (`distributed.affine`)
         mine_batches = shard.assign_grouped(batches, [batch_seconds(cfg, len(b), g) for _, g, _, b in batches],
-                                            [u for u, _, _, _ in batches], {u: setup_seconds(cfg) for u in keys})
+                                            [u for u, _, _, _ in batches], dict.fromkeys(keys, setup_seconds(cfg)))
         fitted = None
         maps_wanted = records_subject_maps(cfg)
 
@@ -371,14 +373,8 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
                 mine = [b for v, g, _, b in mine_batches if v == u and g == guidance and not all(done(j) for j in b)]
                 todo += [(guidance, next(k for v, g, k, _ in batches if v == u and g == guidance), mine)] if mine else []
             if todo:  # a warm re-run loads no fit at all
-                # one method's weights resident at a time (units are method-major): BLIP-Diffusion's backend or a
-                # LoRA copy of the UNet is let go before the next method loads (issue 15: the peak at real shapes)
                 fitted = personalizer = palette = None  # the previous unit's: two LoRA UNet copies are never resident
-                if any(name != method_name for name in personalizers):
-                    _keep_only(personalizers, method_name)
-                with phase("load method", method_name):
-                    personalizer = personalizer_for(method_name, make)
-                    _load_weights(personalizer)
+                personalizer = resident(method_name, make)
                 with phase("load fit", method_name):
                     fitted, _ = fit_subject(store, personalizer, components, subject, cfg.seed, bar)
             for guidance, sample_key, mine in todo:
