@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft, convert_unet_state_dict_to_peft
 from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
@@ -190,6 +189,8 @@ def adapter_metadata(module: torch.nn.Module) -> dict[str, Any]:
 
 def save_lora(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> None:
     """Write the adapters as train_dreambooth_lora.py's save hook does, plus their adapter metadata."""
+    from diffusers import StableDiffusionPipeline  # here, not at the top: it imports transformers' image stack (~0.6 s per process)
+
     folder.mkdir(parents=True, exist_ok=True)
     text_layers = None if text_encoder is None else convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))
     StableDiffusionPipeline.save_lora_weights(
@@ -231,6 +232,8 @@ def to_peft_keys(state: dict[str, torch.Tensor], unet: bool) -> dict[str, torch.
 
 def load_lora(path: Path, unet, text_encoder, components: SDComponents) -> None:
     """Load a saved LoRA (diffusers' file format) into our adapted copies; a mismatch is a one-line error."""
+    from diffusers import StableDiffusionPipeline
+
     state, _ = StableDiffusionPipeline.lora_state_dict(str(path.parent), weight_name=path.name)
     parts = [("unet.", unet)] + ([("text_encoder.", text_encoder)] if text_encoder is not None else [])
     for prefix, module in parts:
