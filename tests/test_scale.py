@@ -79,8 +79,8 @@ def _written(store: Path) -> int:
 
 def test_ten_kills_and_resumes_end_identical(tiny_model, tmp_path, reference):
     """Ten SIGKILLs, then a clean resume ends with the uninterrupted run's store. Most kills are timed from the
-    process's first write (a fit or a batch stored), so they land inside fits, sampling and writes whatever this
-    machine's start-up costs; every third lands during start-up and loading."""
+    process's first change to the store (the point's config, a fit or a batch), so they land inside fits,
+    sampling and writes whatever this machine's start-up costs; every third lands during start-up and loading."""
     store = tmp_path / "killed"
     rng = random.Random(0)
     kills = 0
@@ -90,7 +90,9 @@ def test_ten_kills_and_resumes_end_identical(tiny_model, tmp_path, reference):
         if attempt % 3 == 2:
             time.sleep(rng.uniform(0.5, 3.0))
         else:
+            deadline = time.monotonic() + 300
             while proc.poll() is None and _written(store) == before:
+                assert time.monotonic() < deadline, "the run wrote nothing in 300 s"
                 time.sleep(0.01)
             time.sleep(rng.uniform(0.0, 0.8))
         if proc.poll() is None:

@@ -89,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         for _, cfg in configs:  # a missing model fails here, before the heavy imports below
             resolve_source(cfg.model.source, cfg.model.local_files_only)
-    from .runner import progress_bar
+    from .runner import freeze_imports, progress_bar
 
     if args.dry_run:
         from .worklist import combined_gpu_seconds, unit_costs, unit_table, work_list
@@ -106,6 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         total = sum(combined_gpu_seconds(lists).values()) / 3600  # fits shared by points counted once
         print(f"total ~{total:.2f} GPU-hours (SD 1.5 fp16 512 px unit costs, {unit_table()['source']}: {unit_costs(used)})")
         return 0
+    freeze_imports()  # before the shape check's or the run's first model loads
     if check is None:
         return _run_points(args, configs, progress_bar())
     with check.measuring():
@@ -176,8 +177,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_regress(args: argparse.Namespace) -> int:
     from .regress import regress
+    from .runner import freeze_imports
 
     config_file, overrides = _split_overrides(args.items)
+    freeze_imports()
     problems = regress(Path(args.baseline), config_file, overrides, args.update, args.reason)
     if args.update:
         print(f"baseline updated: {args.baseline}")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers.loaders import StableDiffusionLoraLoaderMixin  # StableDiffusionPipeline's LoRA IO, without the pipeline module
 from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft, convert_unet_state_dict_to_peft
 from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
@@ -189,11 +190,9 @@ def adapter_metadata(module: torch.nn.Module) -> dict[str, Any]:
 
 def save_lora(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> None:
     """Write the adapters as train_dreambooth_lora.py's save hook does, plus their adapter metadata."""
-    from diffusers import StableDiffusionPipeline  # here, not at the top: it imports transformers' image stack (~0.6 s per process)
-
     folder.mkdir(parents=True, exist_ok=True)
     text_layers = None if text_encoder is None else convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))
-    StableDiffusionPipeline.save_lora_weights(
+    StableDiffusionLoraLoaderMixin.save_lora_weights(
         folder,
         unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
         text_encoder_lora_layers=text_layers,
@@ -232,9 +231,7 @@ def to_peft_keys(state: dict[str, torch.Tensor], unet: bool) -> dict[str, torch.
 
 def load_lora(path: Path, unet, text_encoder, components: SDComponents) -> None:
     """Load a saved LoRA (diffusers' file format) into our adapted copies; a mismatch is a one-line error."""
-    from diffusers import StableDiffusionPipeline
-
-    state, _ = StableDiffusionPipeline.lora_state_dict(str(path.parent), weight_name=path.name)
+    state, _ = StableDiffusionLoraLoaderMixin.lora_state_dict(str(path.parent), weight_name=path.name)
     parts = [("unet.", unet)] + ([("text_encoder.", text_encoder)] if text_encoder is not None else [])
     for prefix, module in parts:
         sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
