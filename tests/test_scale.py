@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-ARGS = ["dataset.subjects=[ball1, cat1]", "dataset.max_prompts=3", "dataset.images_per_prompt=2", "sampler.steps=24",
+ARGS = ["dataset.subjects=[ball1, cat1]", "dataset.max_prompts=3", "dataset.images_per_prompt=2", "sampler.steps=12",
         "sampler.batch_size=2", "metrics.names=[]", "report.wandb=disabled", "methods=[vanilla-sd, textual-inversion]",
         "method_params={textual-inversion: {steps: 3, batch_size: 2}}", "guidance.name=none"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -94,7 +94,7 @@ def test_ten_kills_and_resumes_end_identical(tiny_model, tmp_path, reference):
             while proc.poll() is None and _written(store) == before:
                 assert time.monotonic() < deadline, "the run wrote nothing in 300 s"
                 time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.8))
+            time.sleep(rng.uniform(0.0, 0.5))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
