@@ -100,6 +100,8 @@ def test_ten_kills_and_resumes_end_identical(tiny_model, tmp_path, reference):
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
+        else:
+            assert proc.returncode == 0, f"attempt {attempt} failed on its own (exit {proc.returncode})"
         proc.wait()
         # every complete-looking file is whole: PNGs decode, records parse (temp files are swept on the next start)
         for png in store.rglob("images/**/*.png"):
