@@ -428,8 +428,7 @@ def run(cfg: RunConfig, point: str = "main", progress: Progress | None = None) -
                   file=sys.stderr, flush=True)
         shard.barrier()
     fitted = personalizer = palette = signatures = None  # the last method's weights are not resident beside the metric backbones
-    personalizers.clear()
-    gc.collect()
+    _keep_only(personalizers, "")
     frame = pd.DataFrame.from_records([store.read_record(j.path) for j in all_jobs])
     if cfg.metrics.names:  # metric jobs by image: each process scores its rows, rank 0 merges
         with phase("metrics", images=len(frame)):
